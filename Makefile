@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Each bootstraps .venv first.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
+	scripts/bootstrap.sh $(VENV)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pp demo
+
+test: lint
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .pp .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Prefect flows: the activator (warm worker) and process_visit land here with the workers issue."""

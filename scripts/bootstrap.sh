@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Create the project's virtualenv with a Python >= 3.12 and the pinned dependencies.
+# Usage: scripts/bootstrap.sh .venv
+set -euo pipefail
+venv=${1:-.venv}
+
+find_python() {
+    local candidates=(python3.12 python3.13)
+    if command -v pyenv >/dev/null 2>&1; then
+        local root
+        root=$(pyenv root)
+        candidates+=("$root"/versions/3.12.*/bin/python3 "$root"/versions/3.13.*/bin/python3)
+    fi
+    for py in "${candidates[@]}"; do
+        # pyenv shims exist for versions that are not selected: run it to be sure it works.
+        if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+            echo "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing Debian's redis-server" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        # Debian's package starts a service on 6379; ours runs on its own port, so leave it be.
+    else
+        echo "bootstrap: redis-server not found; the embedded stack will use valkey-server" >&2
+    fi
+}
+
+py=$(find_python) || {
+    echo "bootstrap: no Python >= 3.12 found (tried python3.12, python3.13, pyenv 3.12.x/3.13.x)." >&2
+    echo "bootstrap: install one, e.g. 'pyenv install 3.12', and run make again." >&2
+    exit 1
+}
+ensure_redis
+echo "bootstrap: $("$py" -V) -> $venv" >&2
+"$py" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -c requirements.lock -e '.[dev]'
