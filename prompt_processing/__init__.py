@@ -1,0 +1,1 @@
+"""Prompt processing on Prefect: domain code shared by flows, tasks and services."""
