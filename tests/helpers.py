@@ -1,0 +1,85 @@
+"""Shared test helpers: produce events, run a fan-out in a thread, wait for conditions."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import Message
+
+from prompt_processing import kafka
+from prompt_processing.fanout import FanOutService
+from prompt_processing.instruments import get_instrument
+from prompt_processing.settings import Settings
+from prompt_processing.sim import next_visit_message, plan_visits
+
+
+def visit_body(instrument: str, group_id: str, **changes: Any) -> dict[str, Any]:
+    """A realistic NextVisit body from the simulator, with a chosen groupId."""
+    inst = get_instrument(instrument)
+    assert inst is not None
+    plan = plan_visits(inst, 1, seed=hash(group_id) % 1000)[0]
+    body = next_visit_message(inst, plan, now_utc_s=time.time(), lead_s=25, seq_num=1)
+    return body | {"groupId": group_id} | changes
+
+
+def produce(settings: Settings, *values: bytes | dict[str, Any]) -> None:
+    producer = kafka.make_producer(settings.kafka)
+    for value in values:
+        raw = json.dumps(value).encode() if isinstance(value, dict) else value
+        producer.produce(settings.kafka.next_visit_topic, raw)
+    assert producer.flush(10) == 0
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def consume_all(settings: Settings, topic: str, n: int, *, timeout_s: float = 30.0) -> list[Message]:
+    """Read ``n`` messages from ``topic`` from the beginning, with a throwaway group."""
+    consumer = kafka.make_consumer(settings.kafka, f"reader-{uuid.uuid4().hex[:8]}", client_id="test-reader")
+    consumer.subscribe([topic])
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < n and time.monotonic() < deadline:
+            got.extend(m for m in consumer.consume(n - len(got), 0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return got
+
+
+class RunningFanOut:
+    """A fan-out service ticking in a background thread for the duration of a ``with`` block."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.service = FanOutService(settings)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.error: BaseException | None = None
+
+    def _loop(self) -> None:
+        try:
+            while not self.service.should_exit:
+                self.service.tick()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> FanOutService:
+        self.service.startup()
+        self._thread.start()
+        return self.service
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.service.request_exit()
+        self._thread.join(timeout=30)
+        self.service.shutdown()
+        assert self.error is None, f"fan-out loop died: {self.error!r}"
