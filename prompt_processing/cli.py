@@ -80,7 +80,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         stack = Stack(settings)
         only = [s for s in args.only.split(",") if s] or None
         statuses = getattr(stack, args.action)(only)
-        Console().print(render_statuses(statuses))
+        Console(width=None if sys.stdout.isatty() else 120).print(render_statuses(statuses))
         return 0
     if args.command == "topics":
         from prompt_processing.kafka import ensure_topics

