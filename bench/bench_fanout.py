@@ -104,9 +104,7 @@ def _write_methods(client: redis.Redis, settings: Settings) -> dict[str, Callabl
     }
 
 
-def bench_writes(
-    client: redis.Redis, settings: Settings, rounds: int, progress: Progress
-) -> dict[str, list[float]]:
+def bench_writes(client: redis.Redis, settings: Settings, rounds: int, progress: Progress) -> dict[str, list[float]]:
     methods = _write_methods(client, settings)
     samples: dict[str, list[float]] = {name: [] for name in methods}
     task = progress.add_task("Redis writes, 189 entries", total=rounds)

@@ -1,10 +1,16 @@
 """The ``pp`` command. Settings are built here, once, and passed down.
 
-    pp stack up|down|status [--only redis,kafka]   the embedded stack
-    pp topics                                       create the Kafka topics
-    pp fanout [--check]                             the next-visit fan-out service
-    pp sim next-visits --instrument LSSTCam --visits N --cadence-s S
-    pp demo                                         a short simulated night, end to end
+pp stack up|down|status [--only redis,kafka]   the embedded stack
+pp topics                                       create the Kafka topics
+pp fanout [--check]                             the next-visit fan-out service
+pp router [--check]                             the arrival router (raw notifications -> presence)
+pp deploy                                       work pool + `prefect deploy --all`
+pp worker                                       a Prefect worker for the pool
+pp activators --instrument LSSTCam --count N    start N activator flow runs
+pp rerun LSSTCam <group> <detector>             rerun one visit-detector (process-visit deployment)
+pp sim next-visits --instrument LSSTCam --visits N --cadence-s S
+pp sim night --instrument LSSTCam --visits N --detectors 0,1,2 [--size-px 512]
+pp demo                                         a short simulated night, end to end
 """
 
 from __future__ import annotations
@@ -34,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     fanout = sub.add_parser("fanout", help="run the next-visit fan-out service")
     fanout.add_argument("--check", action="store_true", help="exit 0 if this host's fan-out is healthy")
 
+    router = sub.add_parser("router", help="run the arrival router")
+    router.add_argument("--check", action="store_true", help="exit 0 if this host's router is healthy")
+
+    sub.add_parser("deploy", help="create the work pool and register the deployments (prefect deploy --all)")
+    worker = sub.add_parser("worker", help="run a Prefect worker for the work pool")
+    worker.add_argument("--limit", type=int, default=None, help="most flow runs at once")
+    act = sub.add_parser("activators", help="create activator flow runs")
+    act.add_argument("--instrument", default="LSSTCam")
+    act.add_argument("--count", type=int, default=1)
+    rerun = sub.add_parser("rerun", help="rerun one visit-detector through the process-visit deployment")
+    rerun.add_argument("instrument")
+    rerun.add_argument("group")
+    rerun.add_argument("detector", type=int)
+
     sim = sub.add_parser("sim", help="summit simulator")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
     nv = sim_sub.add_parser("next-visits", help="emit NextVisit events")
@@ -42,10 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     nv.add_argument("--cadence-s", type=float, default=36.0)
     nv.add_argument("--lead-s", type=float, default=25.0, help="startTime ahead of sending (>= 20)")
     nv.add_argument("--seed", type=int, default=0)
+    night = sim_sub.add_parser("night", help="next-visit events, then raws + notifications at each exposure end")
+    night.add_argument("--instrument", default="LSSTCam")
+    night.add_argument("--visits", type=int, default=4)
+    night.add_argument("--cadence-s", type=float, default=36.0)
+    night.add_argument("--lead-s", type=float, default=20.0, help="startTime ahead of the event (>= 20)")
+    night.add_argument("--duration-s", type=float, default=30.0, help="exposure time per visit")
+    night.add_argument("--size-px", type=int, default=512, help="image side; 4096 = a full LSSTCam CCD")
+    night.add_argument("--transients", type=int, default=5, help="injected per detector image")
+    night.add_argument("--seed", type=int, default=0)
 
-    demo = sub.add_parser("demo", help="stack up, fan-out, a short simulated night, summary")
-    demo.add_argument("--visits", type=int, default=12, help="LSSTCam visits (plus a few LATISS and HSC)")
-    demo.add_argument("--cadence-s", type=float, default=0.5)
+    demo = sub.add_parser("demo", help="the embedded stack, all services, a short simulated night, a report")
+    demo.add_argument("--visits", type=int, default=3, help="LSSTCam visits")
+    demo.add_argument("--detectors", type=int, default=4, help="active detectors per visit")
+    demo.add_argument("--workers", type=int, default=2, help="activator flow runs")
+    demo.add_argument("--size-px", type=int, default=512, help="image side; 4096 = a full LSSTCam CCD")
     return parser
 
 
@@ -92,22 +123,40 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "fanout":
         return _fanout(args, settings)
     if args.command == "sim":
-        return _sim(args, settings)
+        return _sim(args, settings) if args.sim_command == "next-visits" else _night(args, settings)
+    if args.command in ("router", "deploy", "worker", "activators", "rerun"):
+        return _prefect_side(args, settings)
     if args.command == "demo":
         from prompt_processing.demo import run_demo
 
-        return run_demo(settings, lsstcam_visits=args.visits, cadence_s=args.cadence_s)
+        return run_demo(settings, visits=args.visits, detectors=args.detectors, workers=args.workers,
+                        size_px=args.size_px)  # fmt: skip
     raise AssertionError(args.command)
 
 
 def _fanout(args: argparse.Namespace, settings: Settings) -> int:
-    from prompt_processing.fanout import FanOutService, read_health
+    from prompt_processing.fanout import FanOutService
 
     if args.check:
-        health = read_health(settings)
-        print(health or "no fresh health record")
-        return 0 if health else 1
+        return _check_health(settings, "fanout", settings.fanout.consumer_name)
     return FanOutService(settings).run()
+
+
+def _check_health(settings: Settings, kind: str, name: str | None) -> int:
+    """A liveness probe: 0 if the service on this host refreshed its health key recently."""
+    import socket
+
+    import redis
+
+    from prompt_processing.service import read_health
+
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+    try:
+        health = read_health(client, kind, name or socket.gethostname())
+    finally:
+        client.close()
+    print(health or f"no fresh {kind} health record")
+    return 0 if health else 1
 
 
 def _sim(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,6 +172,53 @@ def _sim(args: argparse.Namespace, settings: Settings) -> int:
         settings.kafka, instrument, args.visits, cadence_s=args.cadence_s, lead_s=args.lead_s, seed=args.seed
     )
     print(f"sent {len(sent)} {instrument.name} next-visit events to {settings.kafka.next_visit_topic}")
+    return 0
+
+
+def _prefect_side(args: argparse.Namespace, settings: Settings) -> int:
+    import subprocess
+
+    from prompt_processing import deploy
+
+    if args.command == "router":
+        from prompt_processing.router import RouterService
+
+        if args.check:
+            return _check_health(settings, "router", settings.router.consumer_name)
+        return RouterService(settings).run()
+    if args.command == "deploy":
+        deploy.deploy_all(settings)
+        return 0
+    if args.command == "worker":
+        return subprocess.call(deploy.worker_command(settings, limit=args.limit), env=deploy.prefect_env(settings))
+    if args.command == "activators":
+        for _ in range(args.count):
+            run_id = deploy.run_deployment(settings, f"activator/activator-{args.instrument.lower()}",
+                                           {"instrument": args.instrument}, tags=["activator"])  # fmt: skip
+            print(f"activator flow run {run_id}")
+        return 0
+    run_id = deploy.run_deployment(
+        settings, "process-visit/process-visit",
+        {"instrument": args.instrument, "group": args.group, "detector": args.detector}, tags=["rerun"],
+    )  # fmt: skip
+    print(f"process-visit flow run {run_id}: {settings.prefect.url.removesuffix('/api')}/runs/flow-run/{run_id}")
+    return 0
+
+
+def _night(args: argparse.Namespace, settings: Settings) -> int:
+    from prompt_processing.instruments import active_detector_table, get_instrument
+    from prompt_processing.night import NightPlan, run_night
+
+    instrument = get_instrument(args.instrument)
+    if instrument is None:
+        raise SystemExit(f"pp sim: unknown instrument {args.instrument!r}")
+    detectors = active_detector_table(settings.instruments).get(instrument.name)
+    if not detectors:
+        raise SystemExit(f"pp sim: {instrument.name} has no active detectors in PP_INSTRUMENTS")
+    plan = NightPlan(instrument, detectors, args.visits, args.cadence_s, args.lead_s, args.duration_s,
+                     (args.size_px, args.size_px), args.transients, args.seed)  # fmt: skip
+    sent = run_night(settings, plan)
+    print(f"night done: {len(sent)} visits x {len(detectors)} detectors of {instrument.name}")
     return 0
 
 

@@ -1,9 +1,12 @@
-"""`make demo`: a short simulated night on the embedded stack, ending in a summary table.
+"""`make demo`: a local night end to end on the embedded stack.
 
-Brings up what it needs (Redis, the Kafka-protocol broker), runs the fan-out as its own
-process, sends a night of NextVisit events for LSSTCam, LATISS and HSC plus a redelivered
-visit and four bad messages, waits until the fan-out has handled them all, prints what
-happened, and stops everything it started (services already running are left running).
+Brings up the stack (Redis, the Kafka-protocol broker, moto S3, the Prefect server), registers
+the deployments (`prefect deploy --all`), starts the fan-out, the arrival router and a Prefect
+worker as processes, starts a fixed number of activator flow runs, then plays a night: N visits
+x K detectors of LSSTCam, with images landing at the end of each exposure, plus a redelivered
+visit and four bad next-visit messages. It waits for every visit-detector's outcome, prints the
+report (latency image landed -> alerts sent, transients injected vs recovered, failures, the
+Prefect UI address) and stops everything it started; services already running are left alone.
 """
 
 from __future__ import annotations
@@ -14,65 +17,108 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 from rich.console import Console
-from rich.table import Table
 
-from prompt_processing import naming
-from prompt_processing.instruments import active_detector_table, get_instrument
-from prompt_processing.kafka import ensure_topics, make_producer
-from prompt_processing.settings import Settings
-from prompt_processing.sim import send_visits
+from prompt_processing import deploy, kafka, naming, s3
+from prompt_processing.demo_report import NightReport, print_report
+from prompt_processing.instruments import LSSTCAM
+from prompt_processing.night import NightPlan, run_night
+from prompt_processing.settings import InstrumentSettings, Settings, WorkerSettings, to_env
 from prompt_processing.stack import Stack
 
-NEEDED = ["redis", "kafka"]
-DEMO_FANOUT_NAME = "pp-demo-fanout"
+DEMO_DETECTORS = (94, 95, 96, 97)  # around the focal-plane centre (R22_S11 ...)
 
 
-def run_demo(settings: Settings, *, lsstcam_visits: int, cadence_s: float) -> int:
+def demo_settings(settings: Settings, n_detectors: int) -> Settings:
+    """The user's settings with LSSTCam narrowed to the demo's detectors and short worker timeouts."""
+    detectors = list(DEMO_DETECTORS[:n_detectors]) if n_detectors <= len(DEMO_DETECTORS) else list(range(n_detectors))
+    worker = settings.worker.model_dump() | {"idle_timeout_s": 30.0, "image_timeout_s": 20.0, "claim_idle_s": 10.0}
+    return settings.model_copy(
+        update={
+            "instruments": {"LSSTCam": InstrumentSettings(only_detectors=detectors)},
+            "worker": WorkerSettings(**worker),
+        }
+    )
+
+
+def run_demo(settings: Settings, *, visits: int, detectors: int, workers: int, size_px: int) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
+    settings = demo_settings(settings, detectors)
     stack = Stack(settings)
-    already = {s.name for s in stack.status(NEEDED) if s.state in ("running", "external")}
-    stack.up(NEEDED)
-    started_here = [name for name in NEEDED if name not in already]
-    k = settings.kafka
-    ensure_topics(k, [k.next_visit_topic, k.dead_letter_topic])
+    already = {s.name for s in stack.status() if s.state in ("running", "external")}
+    with console.status("starting the embedded stack (the Prefect server takes ~20 s)"):
+        stack.up()
+    started_here = [s for s in ("redis", "kafka", "s3", "prefect") if s not in already]
     client = redis.Redis.from_url(settings.redis.url)
-    fanout = _start_fanout(settings)
     try:
-        plan = {"LSSTCam": lsstcam_visits, "LATISS": max(1, lsstcam_visits // 4), "HSC": max(1, lsstcam_visits // 4)}
-        before = {name: client.xlen(naming.stream_name(name)) for name in plan}
-        sent: dict[str, list[dict[str, Any]]] = {}
-        for name, n in plan.items():
-            instrument = get_instrument(name)
-            assert instrument is not None
-            sent[name] = send_visits(k, instrument, n, cadence_s=cadence_s, seed=len(sent))
-        extra = _send_redelivery_and_bad_messages(settings, sent["LSSTCam"][0])
-        total = sum(len(v) for v in sent.values()) + extra
-        health = _wait_for_fanout(client, total, console)
-        _print_summary(console, settings, client, sent, before, health)
+        with _services(settings, console) as logs:
+            groups, expected = _night(settings, console, visits, workers, size_px, client)
+            report = NightReport.collect(settings, client, groups, expected)
+            print_report(console, settings, report, logs)
     finally:
-        _stop(fanout)
         client.close()
         if started_here:
             stack.down(started_here)
             console.print(f"stopped what the demo started: {', '.join(started_here)}")
-    return 0
+    return 0 if report.complete else 1
 
 
-def _start_fanout(settings: Settings) -> subprocess.Popen[bytes]:
-    log_dir = Path(settings.stack.state_dir) / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (log_dir / "fanout.log").open("ab")
-    env = os.environ | {"PP_FANOUT__CONSUMER_NAME": DEMO_FANOUT_NAME}
-    command = [sys.executable, "-m", "prompt_processing.cli", "fanout"]
-    return subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+def _night(
+    settings: Settings, console: Console, visits: int, workers: int, size_px: int, client: redis.Redis
+) -> tuple[list[str], int]:
+    """Start the activators, play the night, wait for the outcomes; return (groups, outcomes expected)."""
+    run_ids = [
+        deploy.run_deployment(settings, "activator/activator-lsstcam", {"instrument": "LSSTCam"}, tags=["demo"])
+        for _ in range(workers)
+    ]
+    console.print(f"started {len(run_ids)} activator flow runs; the night begins")
+    active = settings.instruments["LSSTCam"].only_detectors or []
+    plan = NightPlan(LSSTCAM, tuple(active), visits, 10.0, 20.0, 5.0, (size_px, size_px), 5, seed=int(time.time()))
+    before = client.xlen(naming.results_stream("LSSTCam"))
+    sent = run_night(settings, plan)
+    _send_redelivery_and_bad_messages(settings, sent[0])
+    expected = before + visits * len(active)
+    deadline = time.monotonic() + 60 + 2 * plan.duration_s
+    with console.status(f"waiting for {visits * len(active)} visit-detector outcomes"):
+        while client.xlen(naming.results_stream("LSSTCam")) < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return [body["groupId"] for body in sent], visits * len(active)
 
 
-def _send_redelivery_and_bad_messages(settings: Settings, first_visit: dict[str, Any]) -> int:
+@contextmanager
+def _services(settings: Settings, console: Console) -> Iterator[Path]:
+    """Deployments registered; fan-out, router and a Prefect worker running until the block ends."""
+    logs = Path(settings.stack.state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    k = settings.kafka
+    kafka.ensure_topics(k, [k.next_visit_topic, k.dead_letter_topic, k.raw_notifications_topic,
+                            k.raw_dead_letter_topic, k.butler_writer_topic, k.alerts_topic])  # fmt: skip
+    client = s3.make_client(settings.s3)
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
+    client.close()
+    with console.status("registering deployments (prefect deploy --all)"):
+        deploy.deploy_all(settings)
+    env = os.environ | to_env(settings) | deploy.prefect_env(settings)
+    commands = {
+        "fanout": [sys.executable, "-m", "prompt_processing.cli", "fanout"],
+        "router": [sys.executable, "-m", "prompt_processing.cli", "router"],
+        "worker": deploy.worker_command(settings),
+    }
+    with ExitStack() as stack:
+        for name, command in commands.items():
+            log = stack.enter_context((logs / f"{name}.log").open("ab"))
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            stack.callback(_stop, process)
+        yield logs
+
+
+def _send_redelivery_and_bad_messages(settings: Settings, first_visit: dict[str, Any]) -> None:
     """A visit sent twice (de-duplicated) and one message of each dead-letter kind."""
     stale = first_visit | {"groupId": "stale-visit", "private_efdStamp": time.time() - 4 * 3600}
     messages = [
@@ -82,58 +128,11 @@ def _send_redelivery_and_bad_messages(settings: Settings, first_visit: dict[str,
         json.dumps(first_visit | {"groupId": "decam-1", "instrument": "DECam"}).encode(),
         json.dumps(stale).encode(),
     ]
-    producer = make_producer(settings.kafka)
+    producer = kafka.make_producer(settings.kafka)
     for raw in messages:
         producer.produce(settings.kafka.next_visit_topic, raw)
     if producer.flush(10.0):
         raise RuntimeError("Kafka did not confirm the demo's extra messages")
-    return len(messages)
-
-
-def _wait_for_fanout(client: redis.Redis, total: int, console: Console, timeout_s: float = 90.0) -> dict[str, Any]:
-    key = naming.fanout_health_key(DEMO_FANOUT_NAME)
-    deadline = time.monotonic() + timeout_s
-    health: dict[str, Any] = {}
-    with console.status(f"waiting for the fan-out to handle {total} messages"):
-        while time.monotonic() < deadline:
-            raw = client.get(key)
-            health = json.loads(raw) if raw else {}
-            if health.get("received", 0) >= total:
-                return health
-            time.sleep(0.2)
-    raise RuntimeError(f"the fan-out handled {health.get('received', 0)} of {total} messages in {timeout_s} s")
-
-
-def _print_summary(
-    console: Console,
-    settings: Settings,
-    client: redis.Redis,
-    sent: dict[str, list[dict[str, Any]]],
-    before: dict[str, int],
-    health: dict[str, Any],
-) -> None:
-    active = active_detector_table(settings.instruments)
-    table = Table(title="Simulated night: next-visit fan-out")
-    for column in ("instrument", "visits", "active detectors", "stream", "new entries", "expected"):
-        table.add_column(column, justify="right")
-    for name, bodies in sent.items():
-        stream = naming.stream_name(name)
-        new = client.xlen(stream) - before[name]
-        expected = len(bodies) * len(active[name])
-        style = "green" if new == expected else "red"
-        table.add_row(name, str(len(bodies)), str(len(active[name])), stream, f"[{style}]{new}[/]", str(expected))
-    console.print(table)
-
-    facts = Table(show_header=False, title="Fan-out")
-    facts.add_row("messages handled", str(health["received"]))
-    facts.add_row("visits fanned out", str(health["fanned_out"]))
-    facts.add_row("redelivered visits skipped (de-duplicated)", str(health["duplicates"]))
-    dead = health["dead_lettered"]
-    facts.add_row("dead-lettered", f"{sum(dead.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(dead.items()))})")
-    facts.add_row("latency p50 (received -> Redis confirmed)", f"{health['latency_ms_p50']:.2f} ms")
-    facts.add_row("latency p99", f"{health['latency_ms_p99']:.2f} ms")
-    facts.add_row("dead-letter topic", settings.kafka.dead_letter_topic)
-    console.print(facts)
 
 
 def _stop(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

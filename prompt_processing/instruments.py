@@ -45,7 +45,8 @@ class Instrument:
     def active_detectors(self, config: InstrumentSettings) -> tuple[int, ...]:
         """Detector ids that get one stream entry per visit, ascending.
 
-        Raises ValueError for a named list this instrument does not have or an id
+        ``only_detectors`` (if set) picks the candidates, then ``disabled_detectors`` removes
+        some. Raises ValueError for a named list this instrument does not have or an id
         outside ``0..n_detectors-1``, so a typo in configuration fails at start-up.
         """
         disabled = config.disabled_detectors
@@ -59,11 +60,12 @@ class Instrument:
                 raise ValueError(f"{self.name} has no disabled-detector list {disabled!r} (known: {known})")
         else:
             disabled_ids = tuple(disabled)
-        bad = sorted(d for d in disabled_ids if not 0 <= d < self.n_detectors)
+        only = range(self.n_detectors) if config.only_detectors is None else sorted(set(config.only_detectors))
+        bad = sorted(d for d in (*disabled_ids, *only) if not 0 <= d < self.n_detectors)
         if bad:
             raise ValueError(f"{self.name} has detectors 0..{self.n_detectors - 1}; got {bad}")
         skip = set(disabled_ids)
-        return tuple(d for d in range(self.n_detectors) if d not in skip)
+        return tuple(d for d in only if d not in skip)
 
 
 LSSTCAM = Instrument(

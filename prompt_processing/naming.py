@@ -24,11 +24,44 @@ def consumer_group(instrument: str) -> str:
     return f"{instrument.lower()}_consumer_group"
 
 
-def fanout_seen_key(instrument: str, group_id: str) -> str:
-    """Set (with a TTL) once a visit has been fanned out; the de-duplication key."""
-    return f"{KEY_PREFIX}:fanout:seen:{instrument.lower()}:{group_id}"
+def visit_key(instrument: str, group_id: str) -> str:
+    """The visit's NextVisit JSON, set (with a TTL) when it is fanned out.
+
+    Its existence is the fan-out's de-duplication key; its value lets an operator rerun a
+    visit-detector from (instrument, group, detector) alone.
+    """
+    return f"{KEY_PREFIX}:visit:{instrument.lower()}:{group_id}"
 
 
-def fanout_health_key(consumer_name: str) -> str:
-    """JSON health and counters of one fan-out process, refreshed with a TTL."""
-    return f"{KEY_PREFIX}:fanout:health:{consumer_name}"
+def presence_key(instrument: str, group_id: str, snap: int, detector: int) -> str:
+    """Set by the arrival router when a raw image landed (JSON: bucket, key, landed_at)."""
+    return f"presence:{instrument.lower()}:{group_id}:{snap}:{detector}"
+
+
+def arrivals_key(instrument: str, group_id: str, snap: int, detector: int) -> str:
+    """List the router pushes to when the image lands; the waiting worker BLPOPs it."""
+    return f"{KEY_PREFIX}:arrivals:{instrument.lower()}:{group_id}:{snap}:{detector}"
+
+
+def published_key(instrument: str, group_id: str, detector: int) -> str:
+    """Set once a visit-detector's alerts were sent: it is never published twice."""
+    return f"{KEY_PREFIX}:published:{instrument.lower()}:{group_id}:{detector}"
+
+
+def dead_letter_stream(instrument: str) -> str:
+    """Entries that failed ``max_deliveries`` times, with the reason."""
+    return f"{stream_name(instrument)}:dead-letter"
+
+
+def results_stream(instrument: str) -> str:
+    """One record per final visit-detector outcome (timings, latency), for reports and benchmarks."""
+    return f"{KEY_PREFIX}:results:{instrument.lower()}"
+
+
+PARKING_CONSUMER = "pp-handed-back"
+"""Consumer that a stopping worker hands its pending entries to (idle, so reclaimed at once)."""
+
+
+def health_key(kind: str, name: str) -> str:
+    """JSON health and counters of one service process (``kind``: fanout, router), with a TTL."""
+    return f"{KEY_PREFIX}:{kind}:health:{name}"

@@ -8,6 +8,7 @@ own Redis instead of the embedded one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -54,12 +55,20 @@ class KafkaSettings(BaseModel):
         6000, ge=1000, le=300_000, description="Consumer session timeout; small = fast group join."
     )
     fetch_wait_max_ms: int = Field(
-        10, ge=0, le=10_000,
+        10,
+        ge=0,
+        le=10_000,
         description="Longest a fetch waits at the broker for data. Small = low latency on brokers "
         "(like Tansu) that do not answer a waiting fetch as soon as data lands.",
     )
     next_visit_topic: str = Field("next-visit", description="Topic of NextVisit events.")
     dead_letter_topic: str = Field("next-visit-dead-letter", description="Where rejected events go.")
+    raw_notifications_topic: str = Field("raw-notifications", description="S3 ObjectCreated notifications.")
+    raw_dead_letter_topic: str = Field(
+        "raw-notifications-dead-letter", description="Notifications the arrival router rejected."
+    )
+    butler_writer_topic: str = Field("butler-writer", description="pp-output events for the Butler writer.")
+    alerts_topic: str = Field("alerts", description="One alert per detected transient.")
     topic_partitions: int = Field(1, ge=1, description="Partitions of topics created by `pp topics`.")
 
     @property
@@ -89,6 +98,9 @@ class S3Settings(BaseModel):
     access_key_id: str = "testing"
     secret_access_key: SecretStr = SecretStr("testing")
     region: str = "us-east-1"
+    raw_bucket: str = Field("pp-raw", description="Raw images and sidecars, as the camera writes them.")
+    central_bucket: str = Field("pp-central", description="The central store: calibrations and templates.")
+    outputs_bucket: str = Field("pp-outputs", description="Processed images and catalogues.")
 
     @property
     def url(self) -> str:
@@ -122,6 +134,9 @@ class InstrumentSettings(BaseModel):
 
     enabled: bool = True
     disabled_detectors: list[int] | Literal["production", "none"] = "none"
+    only_detectors: list[int] | None = Field(
+        None, description="If set, only these detectors are active (before disabled_detectors)."
+    )
 
 
 class FanoutSettings(BaseModel):
@@ -132,9 +147,7 @@ class FanoutSettings(BaseModel):
         None, description="This process's name in logs and its health key; default: the host name."
     )
     message_expiration_s: float = Field(3600.0, gt=0, description="Older events are dead-lettered.")
-    dedup_ttl_s: int = Field(
-        7200, gt=0, description="How long a fanned-out (instrument, groupId) is remembered."
-    )
+    dedup_ttl_s: int = Field(7200, gt=0, description="How long a fanned-out (instrument, groupId) is remembered.")
     stream_maxlen: int = Field(
         1_000_000, ge=10_000, description="Approximate cap of each instrument stream (XADD MAXLEN ~)."
     )
@@ -153,6 +166,37 @@ class FanoutSettings(BaseModel):
                 f"({self.message_expiration_s}), or a late redelivery could be fanned out twice"
             )
         return self
+
+
+class RouterSettings(BaseModel):
+    """The arrival router: raw-image notifications -> presence keys and worker wake-ups."""
+
+    group_id: str = Field("pp-router", description="Kafka consumer group of the router.")
+    consumer_name: str | None = Field(None, description="Name in logs and health key; default: host name.")
+    http_host: str = Field("127.0.0.1", description="Presence HTTP service bind address.")
+    http_port: int = Field(18080, ge=0, le=65535, description="Presence HTTP port (0 = any free port).")
+    presence_ttl_s: int = Field(86_400, ge=60, description="How long a landed image is remembered.")
+    batch_size: int = Field(100, ge=1, le=10_000)
+    poll_timeout_s: float = Field(0.5, gt=0)
+    health_ttl_s: int = Field(15, ge=2)
+    shutdown_deadline_s: float = Field(20.0, gt=0)
+
+
+class WorkerSettings(BaseModel):
+    """The activator flow runs (warm workers) and the process_visit steps."""
+
+    work_pool: str = Field("prompt-processing", description="Prefect work pool of the activators.")
+    claim_idle_s: float = Field(30.0, gt=0, description="Pending entries idle this long are reclaimed.")
+    block_s: float = Field(1.0, gt=0, le=30, description="Longest XREADGROUP BLOCK per loop turn.")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A worker with no work this long exits.")
+    max_visits: int = Field(200, ge=1, description="A worker exits after this many visits (memory hygiene).")
+    max_deliveries: int = Field(3, ge=1, description="Deliveries before an entry goes to the dead-letter stream.")
+    image_timeout_s: float = Field(
+        20.0, ge=0, description="Extra wait for images beyond 2 x exposure, counted from the shutter opening."
+    )
+    preload_cache_entries: int = Field(64, ge=1, description="Calibrations/templates kept in a warm worker.")
+    task_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
+    task_retry_delay_s: float = Field(0.5, ge=0)
 
 
 class StackSettings(BaseModel):
@@ -177,6 +221,35 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     prefect: PrefectSettings = PrefectSettings()
     fanout: FanoutSettings = FanoutSettings()
+    router: RouterSettings = RouterSettings()
+    worker: WorkerSettings = WorkerSettings()
     stack: StackSettings = StackSettings()
     instruments: dict[str, InstrumentSettings] = Field(default_factory=_default_instruments)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``PP_*`` environment that rebuilds ``settings`` in a child process (a flow run, a
+    service); secrets included, so hand it only to our own processes."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        key = f"PP_{name.upper()}"
+        if isinstance(value, BaseModel):
+            for field in type(value).model_fields:
+                inner = getattr(value, field)
+                if inner is not None:
+                    env[f"{key}__{field.upper()}"] = _env_value(inner)
+        else:
+            env[key] = _env_value(value)
+    return env
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, str | Path):
+        return str(value)
+    if isinstance(value, dict):
+        return json.dumps({k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in value.items()})
+    return json.dumps(value)

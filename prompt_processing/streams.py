@@ -39,7 +39,7 @@ class StreamFanOut:
         Raises redis.RedisError when Redis fails; then nothing or everything was written,
         and calling again is safe.
         """
-        seen = naming.fanout_seen_key(instrument, visit.groupId).encode()
+        seen = naming.visit_key(instrument, visit.groupId).encode()
         _, exists = self._connection.call(command(b"WATCH", seen) + command(b"EXISTS", seen), 2)
         if isinstance(exists, redis.ResponseError):
             raise exists
@@ -68,7 +68,7 @@ class StreamFanOut:
         parts = [
             command(b"MULTI"),
             command(b"XGROUP", b"CREATE", stream, group, b"$", b"MKSTREAM"),
-            command(b"SET", seen, str(len(detectors)).encode(), b"EX", self._ttl),
+            command(b"SET", seen, visit.model_dump_json().encode(), b"EX", self._ttl),
         ]
         parts.extend(head + bulk(str(d).encode()) for d in detectors)
         parts.append(command(b"EXEC"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +22,17 @@ from prompt_processing.settings import (
     FanoutSettings,
     InstrumentSettings,
     KafkaSettings,
+    PrefectSettings,
     RedisSettings,
+    RouterSettings,
+    S3Settings,
     Settings,
     StackSettings,
 )
 from prompt_processing.stack import Stack
 
-for _name in [n for n in os.environ if n.startswith("PP_")]:
-    del os.environ[_name]  # a developer's PP_* must not leak into the tests
+for _name in [n for n in os.environ if n.startswith(("PP_", "PREFECT_"))]:
+    del os.environ[_name]  # a developer's PP_* or Prefect profile must not leak into the tests
 
 
 def free_port() -> int:
@@ -38,30 +42,53 @@ def free_port() -> int:
         return port
 
 
+# Prefect reads its settings once, at import: point every flow run of the session (threads and
+# child processes alike) at the session's own server before any test module imports prefect.
+PREFECT_PORT = free_port()
+os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{PREFECT_PORT}/api"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pp-prefect-home-")
+
+
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     state_dir: Path = tmp_path_factory.mktemp("pp-stack")
     settings = Settings(
         redis=RedisSettings(port=free_port()),
         kafka=KafkaSettings(port=free_port()),
+        s3=S3Settings(port=free_port()),
+        prefect=PrefectSettings(port=PREFECT_PORT),
+        router=RouterSettings(http_port=0),
         stack=StackSettings(state_dir=state_dir),
     )
     stack = Stack(settings)
     try:
-        stack.up(["redis", "kafka"])
+        stack.up(["redis", "kafka", "s3"])
         yield settings
     finally:
-        stack.down(["redis", "kafka"])
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(stack_settings: Settings) -> str:
+    """The session's Prefect server (started on first use, ~20 s), as its API URL."""
+    Stack(stack_settings).up(["prefect"])
+    return stack_settings.prefect.url
 
 
 @pytest.fixture
 def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
     """Settings with this test's own topics and group; LSSTCam uses production's disabled list."""
     tag = uuid.uuid4().hex[:8]
+    topics = {name: f"{name.replace('_topic', '')}-{tag}" for name in _TOPIC_FIELDS}
     settings = stack_settings.model_copy(
         update={
-            "kafka": stack_settings.kafka.model_copy(
-                update={"next_visit_topic": f"next-visit-{tag}", "dead_letter_topic": f"dead-letter-{tag}"}
+            "kafka": stack_settings.kafka.model_copy(update=topics),
+            "s3": stack_settings.s3.model_copy(
+                update={"raw_bucket": f"raw-{tag}", "central_bucket": f"central-{tag}", "outputs_bucket": f"out-{tag}"}
+            ),
+            "router": RouterSettings(
+                group_id=f"router-{tag}", consumer_name=f"router-{tag}", http_port=0, poll_timeout_s=0.2
             ),
             "fanout": FanoutSettings(group_id=f"fanout-{tag}", consumer_name=f"test-{tag}", poll_timeout_s=0.2),
             "instruments": {
@@ -72,8 +99,12 @@ def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
         }
     )
     # Created up front with one partition, so offsets are easy to check (Tansu would auto-create 4).
-    ensure_topics(settings.kafka, [settings.kafka.next_visit_topic, settings.kafka.dead_letter_topic])
+    ensure_topics(settings.kafka, list(topics.values()))
     return settings
+
+
+_TOPIC_FIELDS = ("next_visit_topic", "dead_letter_topic", "raw_notifications_topic", "raw_dead_letter_topic",
+                 "butler_writer_topic", "alerts_topic")  # fmt: skip
 
 
 @pytest.fixture

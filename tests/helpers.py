@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,7 @@ from confluent_kafka import Message
 from prompt_processing import kafka
 from prompt_processing.fanout import FanOutService
 from prompt_processing.instruments import get_instrument
+from prompt_processing.service import KafkaService
 from prompt_processing.settings import Settings
 from prompt_processing.sim import next_visit_message, plan_visits
 
@@ -23,7 +25,7 @@ def visit_body(instrument: str, group_id: str, **changes: Any) -> dict[str, Any]
     """A realistic NextVisit body from the simulator, with a chosen groupId."""
     inst = get_instrument(instrument)
     assert inst is not None
-    plan = plan_visits(inst, 1, seed=hash(group_id) % 1000)[0]
+    plan = plan_visits(inst, 1, seed=zlib.crc32(group_id.encode()) % 1000)[0]
     body = next_visit_message(inst, plan, now_utc_s=time.time(), lead_s=25, seq_num=1)
     return body | {"groupId": group_id} | changes
 
@@ -58,11 +60,11 @@ def consume_all(settings: Settings, topic: str, n: int, *, timeout_s: float = 30
     return got
 
 
-class RunningFanOut:
-    """A fan-out service ticking in a background thread for the duration of a ``with`` block."""
+class Running[S: KafkaService]:
+    """A Kafka service ticking in a background thread for the duration of a ``with`` block."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.service = FanOutService(settings)
+    def __init__(self, service: S) -> None:
+        self.service = service
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.error: BaseException | None = None
 
@@ -73,7 +75,7 @@ class RunningFanOut:
         except BaseException as exc:
             self.error = exc
 
-    def __enter__(self) -> FanOutService:
+    def __enter__(self) -> S:
         self.service.startup()
         self._thread.start()
         return self.service
@@ -82,4 +84,8 @@ class RunningFanOut:
         self.service.request_exit()
         self._thread.join(timeout=30)
         self.service.shutdown()
-        assert self.error is None, f"fan-out loop died: {self.error!r}"
+        assert self.error is None, f"service loop died: {self.error!r}"
+
+
+def RunningFanOut(settings: Settings) -> Running[FanOutService]:
+    return Running(FanOutService(settings))

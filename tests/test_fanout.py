@@ -145,7 +145,7 @@ def _env(settings: Settings) -> dict[str, str]:
 def test_process_killed_restarted_then_terminated(settings: Settings, redis_client: redis.Redis) -> None:
     command = [sys.executable, "-m", "prompt_processing.cli", "fanout"]
     env = _env(settings)
-    health_key = naming.fanout_health_key(settings.fanout.consumer_name or "")
+    health_key = naming.health_key("fanout", settings.fanout.consumer_name or "")
     produce(settings, visit_body("LSSTCam", "g-a"))
     proc = subprocess.Popen(command, env=env)
     try:

@@ -46,6 +46,13 @@ def test_active_detectors(instrument, disabled, expected) -> None:  # type: igno
     assert instrument.active_detectors(InstrumentSettings(disabled_detectors=disabled)) == expected
 
 
+def test_only_detectors_then_disabled() -> None:
+    config = InstrumentSettings(only_detectors=[94, 0, 90, 94], disabled_detectors="production")
+    assert LSSTCAM.active_detectors(config) == (90, 94)  # 0 is disabled in production
+    with pytest.raises(ValueError, match=r"got \[200\]"):
+        LSSTCAM.active_detectors(InstrumentSettings(only_detectors=[200]))
+
+
 @pytest.mark.parametrize(
     ("instrument", "disabled", "message"),
     [

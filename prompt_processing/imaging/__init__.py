@@ -1,0 +1,1 @@
+"""Pure image code (numpy in, numpy out): synthetic data for the simulator and the processing steps."""

@@ -1,0 +1,207 @@
+"""The processing steps of one visit-detector, as plain functions on numpy arrays.
+
+isr -> background -> detect_sources -> difference -> detect_transients, run in order by
+``process_detector``. Images are float32 in electrons after ISR (ADU x gain). No I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+
+from prompt_processing.imaging.catalogue import (
+    BoolArray,
+    Catalogue,
+    Rms,
+    catalogue_to_arrow,
+    extract,
+    find_peaks,
+    match_to_truth,
+    measure,
+    significance,
+)
+from prompt_processing.imaging.psf import FloatImage
+from prompt_processing.imaging.subtraction import Difference, difference, subtract_template
+
+__all__ = [
+    "Catalogue",
+    "Difference",
+    "ProcessResult",
+    "background",
+    "catalogue_to_arrow",
+    "detect_sources",
+    "detect_transients",
+    "difference",
+    "isr",
+    "match_to_truth",
+    "process_detector",
+    "subtract_template",
+]
+
+MIN_FLAT = 0.05  # pixels whose flat response is below this are marked bad (NaN)
+BACKGROUND_MESH_PX = 64
+DEFAULT_KERNEL_FWHM_PX = 3.5  # detection filter: the nominal 0.7 arcsec seeing at 0.2 arcsec/px
+DIPOLE_RADIUS_FWHM = 2.0  # opposite-sign lobes closer than this (in PSF FWHM) make a dipole
+SYSTEMATIC_FRACTION = 0.02  # subtraction residuals assumed up to 2% of the subtracted star light
+MAX_REFERENCE_RATIO = 0.1  # a diaSource fainter than 10% of the star under it is a residual
+UNMEASURABLE = sep.APER_TRUNC | sep.APER_HASMASKED
+
+
+def isr(raw_adu: FloatImage, bias_adu: FloatImage, flat: FloatImage, *, gain_e_per_adu: float = 1.0) -> FloatImage:
+    """Instrument signature removal: (raw - bias) * gain / flat, in electrons (float32).
+
+    Pixels where the flat is below 0.05 or not finite (dead or unilluminated) are NaN in the
+    output rather than divided by ~0; later steps mask non-finite pixels.
+    """
+    if not raw_adu.shape == bias_adu.shape == flat.shape:
+        raise ValueError(f"raw {raw_adu.shape}, bias {bias_adu.shape} and flat {flat.shape} differ in shape")
+    calexp = np.subtract(raw_adu, bias_adu, dtype=np.float32)
+    calexp *= np.float32(gain_e_per_adu)
+    good = np.isfinite(flat) & (flat >= MIN_FLAT)
+    np.divide(calexp, flat, out=calexp, where=good)
+    calexp[~good] = np.nan
+    return calexp
+
+
+def background(image: FloatImage, *, mesh_px: int = BACKGROUND_MESH_PX) -> tuple[FloatImage, float]:
+    """``image`` minus sep's mesh background (64 px cells, 3 x 3 median filter), and the
+    global background rms. Non-finite pixels are ignored in the fit and stay NaN. Returns a
+    new C-contiguous native-endian float32 array; ``image`` is not modified."""
+    data = np.array(image, dtype=np.dtype(np.float32).newbyteorder("="), order="C", copy=True)
+    bad = ~np.isfinite(data)
+    mask = None
+    if bad.any():
+        data[bad] = 0.0
+        mask = bad
+    estimate = sep.Background(data, mask=mask, bw=mesh_px, bh=mesh_px, fw=3, fh=3)
+    estimate.subfrom(data)
+    if mask is not None:
+        data[bad] = np.nan
+    return data, float(estimate.globalrms)
+
+
+def detect_sources(
+    image: FloatImage, rms: Rms, *, threshold_sigma: float = 5.0, kernel_fwhm_px: float = DEFAULT_KERNEL_FWHM_PX
+) -> Catalogue:
+    """Sources in a background-subtracted image above ``threshold_sigma`` (point-source S/N
+    of a Gaussian matched filter of ``kernel_fwhm_px``), with aperture fluxes. Deblended by
+    sep; errors include only ``rms``."""
+    return extract(image, rms, threshold_sigma=threshold_sigma, kernel_fwhm_px=kernel_fwhm_px)
+
+
+def detect_transients(
+    diff: FloatImage,
+    rms: Rms,
+    *,
+    threshold_sigma: float = 5.0,
+    kernel_fwhm_px: float = DEFAULT_KERNEL_FWHM_PX,
+    reference: FloatImage | None = None,
+) -> Catalogue:
+    """DiaSources: positive and negative (negative flux) sources of a difference image.
+
+    Rejected, not returned: sources whose aperture leaves the image or touches a NaN pixel
+    (no data, such as the edges ``subtract_template`` blanks), dipoles (a positive and a
+    negative source within 2 FWHM, the mark of a misalignment) and, when ``reference`` (the
+    subtracted star light, same units) is given, sources fainter than 10% of the reference
+    flux under them (subtraction residuals of bright stars). ``rms`` should include the
+    Poisson noise of subtracted stars (see ``difference_rms``), or bright stars' residuals
+    pass the threshold.
+    """
+    snr_map = significance(diff, rms, kernel_fwhm_px=kernel_fwhm_px)
+    positive_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
+    np.negative(snr_map, out=snr_map)
+    negative_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
+    positive = measure(diff, rms, *positive_xy, kernel_fwhm_px=kernel_fwhm_px)
+    negative = measure(diff, rms, *negative_xy, kernel_fwhm_px=kernel_fwhm_px)
+    keep_positive, keep_negative = _not_dipoles(positive, negative, DIPOLE_RADIUS_FWHM * kernel_fwhm_px)
+    candidates = Catalogue.concatenate([positive.select(keep_positive), negative.select(keep_negative)])
+    candidates = candidates.select((candidates.aperture_flags & UNMEASURABLE) == 0)
+    if reference is None or len(candidates) == 0:
+        return candidates
+    under = measure(reference, 1.0, candidates.x_px, candidates.y_px, kernel_fwhm_px=kernel_fwhm_px)
+    return candidates.select(np.abs(candidates.flux_e) >= MAX_REFERENCE_RATIO * np.maximum(under.flux_e, 0.0))
+
+
+def difference_rms(
+    diff_rms: float, model: FloatImage, *, gain_e_per_adu: float = 1.0, systematic_fraction: float = SYSTEMATIC_FRACTION
+) -> FloatImage:
+    """Per-pixel noise of a difference image: the sky noise measured on it, the Poisson noise
+    of the subtracted star light ``model`` (e-), and ``systematic_fraction`` of that light
+    for imperfect PSF matching, in quadrature (float32)."""
+    variance = np.maximum(model, np.float32(0.0))  # star light s (e-)
+    per_star_e = variance * np.float32(systematic_fraction**2)
+    per_star_e += np.float32(1.0 / gain_e_per_adu)
+    variance *= per_star_e  # s * (f^2 s + 1/g) = (f s)^2 + s/g
+    variance += np.float32(diff_rms**2)
+    return np.sqrt(variance, out=variance)
+
+
+@dataclass(frozen=True, eq=False)
+class ProcessResult:
+    """What ``process_detector`` produced: the background-subtracted calexp (e-), its sources,
+    the difference image and its diaSources, and how long each step took (s)."""
+
+    calexp: FloatImage
+    background_rms_e: float
+    sources: Catalogue
+    difference: Difference
+    dia_sources: Catalogue
+    timings_s: dict[str, float]
+
+
+def process_detector(
+    raw_adu: FloatImage,
+    bias_adu: FloatImage,
+    flat: FloatImage,
+    template: FloatImage,
+    *,
+    gain_e_per_adu: float = 1.0,
+    threshold_sigma: float = 5.0,
+    kernel_fwhm_px: float = DEFAULT_KERNEL_FWHM_PX,
+) -> ProcessResult:
+    """Run isr, background, detect_sources, difference and detect_transients in order.
+
+    ``timings_s`` has one entry per step plus ``total``. Inputs are not modified.
+    """
+    timings_s: dict[str, float] = {}
+    with _timed(timings_s, "isr"):
+        calexp = isr(raw_adu, bias_adu, flat, gain_e_per_adu=gain_e_per_adu)
+    with _timed(timings_s, "background"):
+        calexp, rms_e = background(calexp)
+    with _timed(timings_s, "detect_sources"):
+        sources = detect_sources(calexp, rms_e, threshold_sigma=threshold_sigma, kernel_fwhm_px=kernel_fwhm_px)
+    with _timed(timings_s, "difference"):
+        diff = subtract_template(calexp, template, science_rms=rms_e, gain_e_per_adu=gain_e_per_adu)
+        diff_image, diff_rms_e = background(diff.image)
+        diff = Difference(diff_image, diff.model, diff.scale, diff.kernel_sigma_px, diff.convolved, diff.n_stars)
+    with _timed(timings_s, "detect_transients"):
+        noise = difference_rms(diff_rms_e, diff.model, gain_e_per_adu=gain_e_per_adu)
+        dia_sources = detect_transients(
+            diff.image, noise, threshold_sigma=threshold_sigma, kernel_fwhm_px=kernel_fwhm_px, reference=diff.model
+        )
+    timings_s["total"] = sum(timings_s.values())
+    return ProcessResult(calexp, rms_e, sources, diff, dia_sources, timings_s)
+
+
+@contextmanager
+def _timed(timings_s: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` block as ``timings_s[step]``."""
+    start = time.perf_counter()
+    yield
+    timings_s[step] = time.perf_counter() - start
+
+
+def _not_dipoles(positive: Catalogue, negative: Catalogue, radius_px: float) -> tuple[BoolArray, BoolArray]:
+    """Boolean masks of the positive and negative sources with no opposite-sign source within
+    ``radius_px``."""
+    if len(positive) == 0 or len(negative) == 0:
+        return np.ones(len(positive), dtype=bool), np.ones(len(negative), dtype=bool)
+    dx_px = positive.x_px[:, None] - negative.x_px[None, :]
+    distance = np.hypot(dx_px, positive.y_px[:, None] - negative.y_px[None, :])
+    paired = distance < radius_px
+    return ~paired.any(axis=1), ~paired.any(axis=0)

@@ -1,0 +1,171 @@
+"""One worker's side of an instrument stream: claim, read, acknowledge, dead-letter, hand back.
+
+Delivery guarantee (stream -> worker): at least once. An entry is acknowledged only with
+its final outcome (``finish``), in the same MULTI/EXEC that records the outcome; an entry
+a worker holds when it dies stays pending and is reclaimed by any worker once idle for
+``claim_idle_s`` (XAUTOCLAIM); every delivery counts, and an entry delivered more than
+``max_deliveries`` times goes to ``instrument:<name>:dead-letter`` with the reason instead
+of being processed again. A worker that stops cleanly hands its pending entries to a
+parking consumer with their idle time set past ``claim_idle_s`` — reclaimed by the next
+read of any worker — and deletes its consumer name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from prompt_processing import naming
+from prompt_processing.events import EventError, FanOutEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One delivered entry."""
+
+    entry_id: str
+    entry: FanOutEntry
+    deliveries: int
+
+    @property
+    def queued_at_ms(self) -> int:
+        """When the fan-out added the entry (from the stream id), unix ms."""
+        return int(self.entry_id.split("-")[0])
+
+
+class WorkQueue:
+    """A consumer of ``instrument:<name>`` in ``<name>_consumer_group``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        instrument: str,
+        consumer: str,
+        *,
+        claim_idle_s: float,
+        block_s: float,
+        max_deliveries: int,
+    ) -> None:
+        self.client = client
+        self.instrument = instrument
+        self.consumer = consumer
+        self.stream = naming.stream_name(instrument)
+        self.group = naming.consumer_group(instrument)
+        self._claim_idle_ms = int(claim_idle_s * 1000)
+        self._block_ms = max(1, int(block_s * 1000))
+        self._max_deliveries = max_deliveries
+
+    def ensure_group(self) -> None:
+        """Create the group at ``$`` if it (or the stream) is missing; an existing one is kept."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="$", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def next(self) -> WorkItem | None:
+        """A stale entry of a dead worker if any, else a new one (blocking up to ``block_s``)."""
+        while True:
+            claimed = self._claim_stale()
+            if claimed is None:
+                break
+            item = self._admit(*claimed)
+            if item is not None:
+                return item
+        try:
+            reply: Any = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=1, block=self._block_ms
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("%s lost its group; recreating it", self.stream)
+            self.ensure_group()
+            return None
+        if not reply:
+            return None
+        entry_id, fields = reply[0][1][0]
+        return self._admit(_text(entry_id), fields, 1)
+
+    def finish(self, item: WorkItem, outcome: dict[str, Any]) -> None:
+        """Acknowledge ``item`` and append its outcome to the results stream, atomically."""
+        record: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in outcome.items()}
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(naming.results_stream(self.instrument), record, maxlen=100_000, approximate=True)
+        pipe.xack(self.stream, self.group, item.entry_id)
+        pipe.execute()
+
+    def dead_letter(self, entry_id: str, fields: dict[Any, Any], reason: str) -> None:
+        """Move an entry to the dead-letter stream with ``reason`` and acknowledge it, atomically."""
+        log.error("dead-letter %s %s: %s", self.stream, entry_id, reason)
+        record: dict[Any, Any] = {_text(k): _text(v) for k, v in fields.items()} | {
+            "dead_letter_reason": reason, "source_id": entry_id, "dead_lettered_at": str(time.time()),
+        }  # fmt: skip
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(naming.dead_letter_stream(self.instrument), record)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.execute()
+
+    def hand_back(self, entry_ids: list[Any] | None = None) -> int:
+        """Give this worker's pending entries (or ``entry_ids``) to the parking consumer, idle enough
+        to be reclaimed at once; return how many."""
+        if entry_ids is None:
+            pending = self.client.xpending_range(self.stream, self.group, "-", "+", 10_000, consumername=self.consumer)
+            entry_ids = [_text(p["message_id"]) for p in pending]  # type: ignore[arg-type]
+        if entry_ids:
+            self.client.xclaim(
+                self.stream, self.group, naming.PARKING_CONSUMER, 0, entry_ids,
+                idle=self._claim_idle_ms + 1, justid=True,
+            )  # fmt: skip
+        return len(entry_ids)
+
+    def close(self) -> int:
+        """Hand back what is pending and delete this consumer name; return entries handed back."""
+        handed = self.hand_back()
+        self.client.xgroup_delconsumer(self.stream, self.group, self.consumer)
+        return handed
+
+    def _claim_stale(self) -> tuple[str, dict[Any, Any], int] | None:
+        try:
+            _next, entries, _deleted = self.client.xautoclaim(
+                self.stream, self.group, self.consumer, self._claim_idle_ms, "0-0", count=1
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return None
+            raise
+        if not entries:
+            return None
+        entry_id, fields = _text(entries[0][0]), entries[0][1]
+        info = self.client.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
+        deliveries = int(info[0]["times_delivered"]) if info else 1
+        log.info("reclaimed %s %s (delivery %d)", self.stream, entry_id, deliveries)
+        return entry_id, fields, deliveries
+
+    def _admit(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> WorkItem | None:
+        if deliveries > self._max_deliveries:
+            self.dead_letter(entry_id, fields, f"delivered {deliveries} times (max_deliveries={self._max_deliveries})")
+            return None
+        try:
+            entry = FanOutEntry.from_fields(fields)
+        except EventError as exc:
+            self.dead_letter(entry_id, fields, str(exc))
+            return None
+        return WorkItem(entry_id, entry, deliveries)
+
+
+def read_results(client: redis.Redis, instrument: str) -> list[dict[str, str]]:
+    """Every outcome record in the instrument's results stream, oldest first."""
+    entries: Any = client.xrange(naming.results_stream(instrument))
+    return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

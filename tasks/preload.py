@@ -1,0 +1,55 @@
+"""preload: calibrations and the template for the detector's predicted sky region."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from prompt_processing import layout, s3
+from prompt_processing.context import StepClock, WorkerContext
+from prompt_processing.errors import NonRetriableError
+from prompt_processing.imaging.fits_io import from_fits_bytes
+from prompt_processing.imaging.synth import sky_tile
+
+
+@dataclass(frozen=True)
+class Calibrations:
+    bias: npt.NDArray[np.float32]
+    flat: npt.NDArray[np.float32]
+    template: npt.NDArray[np.float32]
+    template_key: str
+
+
+@task(name="preload", cache_policy=NO_CACHE)
+def preload(
+    ctx: WorkerContext, clock: StepClock, instrument: str, detector: int, ra_deg: float, dec_deg: float
+) -> Calibrations:
+    """Bias, flat and template from the central store; a warm worker reads each key once (LRU).
+
+    Raises ObjectMissing (non-retriable) for a missing calibration or template, RetriableError
+    when S3 fails, NonRetriableError for an unreadable file.
+    """
+    with clock.timing("preload"):
+        bucket = ctx.settings.s3.central_bucket
+        tile = sky_tile(ra_deg, dec_deg)
+        keys = (layout.bias_key(instrument, detector), layout.flat_key(instrument, detector),
+                layout.template_key(instrument, tile, detector))  # fmt: skip
+        bias, flat, template = (ctx.cache.get_or_load(k, _loader(ctx, bucket, k)) for k in keys)
+        return Calibrations(bias=bias, flat=flat, template=template, template_key=keys[2])
+
+
+def _loader(ctx: WorkerContext, bucket: str, key: str) -> Callable[[], npt.NDArray[np.float32]]:
+    def load() -> npt.NDArray[np.float32]:
+        data = s3.get_bytes(ctx.s3, bucket, key)
+        try:
+            image, _header = from_fits_bytes(data)
+        except ValueError as exc:
+            raise NonRetriableError(f"s3://{bucket}/{key} is not a readable FITS image: {exc}") from exc
+        return image
+
+    return load

@@ -1,0 +1,75 @@
+"""wait_for_images: the raw image(s) of one visit-detector, as soon as they land."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from prompt_processing import naming, s3
+from prompt_processing.context import StepClock, WorkerContext
+from prompt_processing.errors import ImageTimeout, RetriableError
+from prompt_processing.events import TAI_MINUS_UTC_S
+
+_BLPOP_SLICE_S = 1.0  # so a stopping worker notices within a second
+
+
+@dataclass(frozen=True)
+class RawImages:
+    images: list[bytes]  # one per snap, in snap order
+    landed_at: list[str]  # when each landed (S3 event time)
+    waited_s: float  # time blocked waiting for arrivals
+
+
+@task(name="wait_for_images", cache_policy=NO_CACHE)
+def wait_for_images(
+    ctx: WorkerContext, clock: StepClock, instrument: str, group: str, detector: int,
+    nimages: int, start_time_tai: float, duration_s: float,
+) -> RawImages:  # fmt: skip
+    """Presence first (landed before we looked), then a blocking wait on the router's arrival
+    list, then a final re-check; then download. The wait ends ``2 * duration + image_timeout_s``
+    after the shutter opens (or after now, if that is later): ImageTimeout (non-retriable) names
+    the visit, detector and snap. Redis or S3 failures are RetriableError.
+    """
+    timeout_s = 2 * duration_s + ctx.settings.worker.image_timeout_s
+    deadline = max(time.time(), start_time_tai - TAI_MINUS_UTC_S) + timeout_s
+    images, landed, waited_s = [], [], 0.0
+    for snap in range(max(nimages, 1)):
+        started = time.perf_counter()
+        with clock.timing("wait"):
+            found = _await_presence(ctx, instrument, group, snap, detector, deadline)
+        waited_s += time.perf_counter() - started
+        if found is None:
+            raise ImageTimeout(
+                f"no raw image for {instrument} visit {group} detector {detector} snap {snap} "
+                f"within {timeout_s:.0f} s of the shutter opening"
+            )
+        with clock.timing("download"):
+            images.append(s3.get_bytes(ctx.s3, found["bucket"], found["key"]))
+        landed.append(found["landed_at"])
+    return RawImages(images=images, landed_at=landed, waited_s=waited_s)
+
+
+def _await_presence(
+    ctx: WorkerContext, instrument: str, group: str, snap: int, detector: int, deadline: float
+) -> dict[str, Any] | None:
+    presence = naming.presence_key(instrument, group, snap, detector)
+    arrivals = naming.arrivals_key(instrument, group, snap, detector)
+    try:
+        while True:
+            value = ctx.redis.get(presence)
+            if value is not None:
+                return dict(json.loads(value))
+            remaining_s = deadline - time.time()
+            if remaining_s <= 0:
+                return None
+            if ctx.stopping.is_set():
+                raise RetriableError(f"worker {ctx.name} is stopping; visit {group} detector {detector} handed back")
+            ctx.redis.blpop([arrivals], timeout=min(remaining_s, _BLPOP_SLICE_S))
+    except redis.RedisError as exc:
+        raise RetriableError(f"redis while waiting for {presence}: {exc}") from exc

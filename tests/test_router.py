@@ -1,0 +1,116 @@
+"""The arrival router on the real broker, Redis and S3 endpoint (moto server)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+import redis
+
+from prompt_processing import kafka, layout, naming, s3
+from prompt_processing.instruments import LSSTCAM
+from prompt_processing.night import s3_notification
+from prompt_processing.router import BadNotification, RouterService, parse_notification
+from prompt_processing.settings import Settings
+from tests.helpers import Running, consume_all, wait_for
+
+OBS = layout.obs_id(LSSTCAM, "20261128", 42)
+RAW = layout.raw_key(LSSTCAM, "20261128", OBS, 94)
+SIDECAR = RAW.removesuffix(".fits") + ".json"
+
+
+def _upload(settings: Settings, key: str, data: bytes) -> None:
+    client = s3.make_client(settings.s3)
+    s3.ensure_buckets(client, [settings.s3.raw_bucket])
+    s3.put_bytes(client, settings.s3.raw_bucket, key, data)
+    client.close()
+
+
+def _notify(settings: Settings, *values: bytes | dict[str, Any]) -> None:
+    producer = kafka.make_producer(settings.kafka)
+    for value in values:
+        raw = json.dumps(value).encode() if isinstance(value, dict) else value
+        producer.produce(settings.kafka.raw_notifications_topic, raw)
+    assert producer.flush(10) == 0
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_sidecar_records_presence_wakes_the_waiter_and_serves_http(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    bucket = settings.s3.raw_bucket
+    _upload(settings, RAW, b"fits bytes")
+    _upload(settings, SIDECAR, json.dumps({"GROUPID": "2026-11-28T01:02:03.456", "CURINDEX": 1}).encode())
+    woke: list[Any] = []
+    arrivals = naming.arrivals_key("LSSTCam", "2026-11-28T01:02:03.456", 0, 94)
+    waiter = threading.Thread(
+        target=lambda: woke.append(redis.Redis.from_url(settings.redis.url).blpop([arrivals], 30))
+    )
+    waiter.start()
+    with Running(RouterService(settings)) as router:
+        _notify(settings, s3_notification(bucket, RAW), s3_notification(bucket, SIDECAR))
+        waiter.join(30)
+        presence = redis_client.get(naming.presence_key("LSSTCam", "2026-11-28T01:02:03.456", 0, 94))
+        assert presence is not None and json.loads(presence)["key"] == RAW
+        assert woke and json.loads(woke[0][1])["key"] == RAW  # the blocked worker was woken
+        status, body = _get(f"{router.http_address}/presence/LSSTCam/2026-11-28T01:02:03.456/0/94")
+        assert (status, body["key"], body["bucket"]) == (200, RAW, bucket)
+        assert _get(f"{router.http_address}/presence/LSSTCam/2026-11-28T01:02:03.456/1/94")[0] == 404
+        assert _get(f"{router.http_address}/presence/LSSTCam/oops")[0] == 400
+        wait_for(lambda: router.counts["presences"] == 1 and router.counts["images"] == 1, what="counts")
+
+
+def test_bad_notifications_are_dead_lettered_and_the_router_keeps_going(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    bucket = settings.s3.raw_bucket
+    _upload(settings, SIDECAR, b"not json at all")
+    bad = [
+        b"{truncated",
+        s3_notification(bucket, "LSSTCam/20261128/../../../etc/passwd"),
+        s3_notification(bucket, "LSSTCam/20261128/junk.fits"),
+        s3_notification(bucket, SIDECAR),  # sidecar exists, but is not JSON
+        s3_notification(bucket, layout.raw_key(LSSTCAM, "20261128", OBS, 5).removesuffix(".fits") + ".json"),  # absent
+    ]
+    _notify(settings, *bad)
+    with Running(RouterService(settings)) as router:
+        wait_for(lambda: router.counts["notifications"] == len(bad), what="all notifications handled")
+    letters = consume_all(settings, settings.kafka.raw_dead_letter_topic, len(bad))
+    reasons = [dict(m.headers())[naming.DLQ_HEADER_REASON].decode() for m in letters]
+    assert "not an S3 event notification" in reasons[0]
+    assert "suspicious" in reasons[1]
+    assert "is not <instrument>/<dayObs>" in reasons[2]
+    assert "unreadable" in reasons[3]
+    assert "does not exist" in reasons[4]
+    assert [m.value() for m in letters[1:]] == [json.dumps(b).encode() for b in bad[1:]]
+    assert redis_client.keys("presence:*") == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"[]", "list indices"), (b'{"Records": {}}', "Records is not a list"), (b'{"Records": [{}]}', "")],
+)
+def test_parse_notification_rejects_wrong_shapes(raw: bytes, message: str) -> None:
+    if message:
+        with pytest.raises(BadNotification, match=message):
+            parse_notification(raw)
+    else:  # a record that is not ObjectCreated is skipped, not an error
+        assert parse_notification(raw) == []
+
+
+def test_urlencoded_keys_are_decoded() -> None:
+    body = s3_notification("b", "LSSTCam/a+b%3Ac.fits")
+    assert parse_notification(json.dumps(body).encode()) == [
+        ("b", "LSSTCam/a b:c.fits", body["Records"][0]["eventTime"])
+    ]
