@@ -61,7 +61,8 @@ def _run_one(ctx: WorkerContext, queue: WorkQueue, item: WorkItem) -> str:
     visit, detector = item.entry.visit, item.entry.detector
     base = {"group": visit.groupId, "detector": detector, "worker": ctx.name, "deliveries": item.deliveries}
     picked_up_at = time.time()
-    state = process_visit_task(ctx, visit, detector, return_state=True)
+    with queue.holding(item):
+        state = process_visit_task(ctx, visit, detector, return_state=True)
     if state.is_completed():
         outcome = state.result()
         queue.finish(item, base | outcome.record() | {"pickup_ms": (outcome.started_at * 1e3 - item.queued_at_ms)})

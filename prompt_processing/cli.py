@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level, format="%(name)s: %(message)s", datefmt="[%X]",
         handlers=[RichHandler(console=console, show_path=False)],
     )  # fmt: skip
+    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return _dispatch(args, settings)
     except KeyboardInterrupt:

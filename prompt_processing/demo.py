@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,10 +30,12 @@ from prompt_processing import deploy, kafka, naming, s3
 from prompt_processing.demo_report import NightReport, print_report
 from prompt_processing.instruments import LSSTCAM
 from prompt_processing.night import NightPlan, run_night
+from prompt_processing.service import read_health
 from prompt_processing.settings import InstrumentSettings, Settings, WorkerSettings, to_env
 from prompt_processing.stack import Stack
 
 DEMO_DETECTORS = (94, 95, 96, 97)  # around the focal-plane centre (R22_S11 ...)
+BAD_AND_REPEATED_MESSAGES = 5  # see _send_redelivery_and_bad_messages
 
 
 def demo_settings(settings: Settings, n_detectors: int) -> Settings:
@@ -85,8 +88,14 @@ def _night(
     _send_redelivery_and_bad_messages(settings, sent[0])
     expected = before + visits * len(active)
     deadline = time.monotonic() + 60 + 2 * plan.duration_s
+
+    def done() -> bool:
+        fanout = read_health(client, "fanout", settings.fanout.consumer_name or socket.gethostname()) or {}
+        handled_all = fanout.get("received", 0) >= visits + BAD_AND_REPEATED_MESSAGES
+        return handled_all and client.xlen(naming.results_stream("LSSTCam")) >= expected
+
     with console.status(f"waiting for {visits * len(active)} visit-detector outcomes"):
-        while client.xlen(naming.results_stream("LSSTCam")) < expected and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline:
             time.sleep(0.5)
     return [body["groupId"] for body in sent], visits * len(active)
 
@@ -103,7 +112,7 @@ def _services(settings: Settings, console: Console) -> Iterator[Path]:
     s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
     client.close()
     with console.status("registering deployments (prefect deploy --all)"):
-        deploy.deploy_all(settings)
+        deploy.deploy_all(settings, log=logs / "deploy.log")
     env = os.environ | to_env(settings) | deploy.prefect_env(settings)
     commands = {
         "fanout": [sys.executable, "-m", "prompt_processing.cli", "fanout"],

@@ -57,7 +57,7 @@ class NightReport:
 
     def _score_transients(self, settings: Settings, groups: set[str]) -> None:
         alerts: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for message in _read_topic(settings, settings.kafka.alerts_topic):
+        for message in kafka.read_all(settings.kafka, settings.kafka.alerts_topic):
             alert = json.loads(message)
             if alert["groupId"] in groups:
                 alerts.setdefault((alert["groupId"], int(alert["detector"])), []).append(alert["diaSource"])
@@ -89,20 +89,6 @@ def _catalogue(rows: list[dict[str, Any]]) -> Catalogue:
     if not rows:
         return Catalogue.empty()
     return Catalogue(**{f.name: np.array([row[f.name] for row in rows]) for f in fields(Catalogue)})
-
-
-def _read_topic(settings: Settings, topic: str, idle_s: float = 2.0) -> list[bytes]:
-    """Every message on ``topic`` (a throwaway consumer group), stopping after ``idle_s`` of silence."""
-    consumer = kafka.make_consumer(settings.kafka, f"pp-demo-report-{socket.gethostname()}-{id(settings)}",
-                                   client_id="pp-demo-report")  # fmt: skip
-    consumer.subscribe([topic])
-    values: list[bytes] = []
-    try:
-        while batch := consumer.consume(1000, idle_s):
-            values.extend(m.value() or b"" for m in batch if m.error() is None)
-    finally:
-        consumer.close()
-    return values
 
 
 def print_report(console: Console, settings: Settings, report: NightReport, logs: Path) -> None:

@@ -38,11 +38,22 @@ def ensure_work_pool(settings: Settings) -> bool:
     return True
 
 
-def deploy_all(settings: Settings) -> None:
-    """`prefect deploy --all` from the project directory (raises CalledProcessError on failure)."""
+def deploy_all(settings: Settings, *, log: Path | None = None) -> None:
+    """`prefect deploy --all` from the project directory; its output goes to ``log`` if given.
+
+    Raises RuntimeError with the output's tail if it fails.
+    """
     ensure_work_pool(settings)
-    prefect = [sys.executable, "-m", "prefect"]
-    subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], cwd=PROJECT_DIR, env=prefect_env(settings), check=True)
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
+    done = subprocess.run(
+        command, cwd=PROJECT_DIR, env=prefect_env(settings), capture_output=True, text=True, check=False
+    )
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    else:
+        print(done.stdout, end="")
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect deploy --all failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
 
 
 def worker_command(settings: Settings, *, limit: int | None = None) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -63,3 +63,32 @@ def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], *, timeout_s: flo
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+def read_all(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> list[bytes]:
+    """Every message now on ``topic``, from the beginning of each partition to its end.
+
+    Uses partition assignment, not a consumer group: no join wait, no committed offsets.
+    """
+    consumer = Consumer({**kafka.client_config(), "group.id": "pp-read-all", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        values: list[bytes] = []
+        while ends:
+            message = consumer.poll(timeout_s)
+            if message is None:
+                raise TimeoutError(f"{topic}: no message within {timeout_s} s before the end offsets")
+            if message.error() is not None:
+                continue
+            values.append(message.value() or b"")
+            if (message.offset() or 0) + 1 >= ends.get(message.partition() or 0, 0):
+                ends.pop(message.partition(), None)
+        return values
+    finally:
+        consumer.close()

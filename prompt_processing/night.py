@@ -102,7 +102,7 @@ def run_night(settings: Settings, plan: NightPlan, *, show_progress: bool = True
     for i, planned in enumerate(visits):
         agenda.add(start + i * plan.cadence_s,
                    _event_action(settings, plan, planned, i, seq_base, producer, client, agenda, sent))  # fmt: skip
-    total = plan.n_visits * (1 + sum(v.nimages for v in visits) * len(plan.detectors))
+    total = plan.n_visits + sum(max(v.nimages, 1) for v in visits) * len(plan.detectors)
     with Progress(disable=not show_progress) as progress:
         task = progress.add_task(f"night: {plan.n_visits} {plan.instrument.name} visits", total=total)
         while agenda:

@@ -1,20 +1,27 @@
 """One worker's side of an instrument stream: claim, read, acknowledge, dead-letter, hand back.
 
-Delivery guarantee (stream -> worker): at least once. An entry is acknowledged only with
-its final outcome (``finish``), in the same MULTI/EXEC that records the outcome; an entry
-a worker holds when it dies stays pending and is reclaimed by any worker once idle for
-``claim_idle_s`` (XAUTOCLAIM); every delivery counts, and an entry delivered more than
-``max_deliveries`` times goes to ``instrument:<name>:dead-letter`` with the reason instead
-of being processed again. A worker that stops cleanly hands its pending entries to a
-parking consumer with their idle time set past ``claim_idle_s`` — reclaimed by the next
-read of any worker — and deletes its consumer name.
+Delivery guarantee (stream -> worker): at least once.
+
+* An entry is acknowledged only with its final outcome (``finish``), in the same MULTI/EXEC
+  that records the outcome in the results stream.
+* While a worker works on an entry it refreshes its claim (``holding``), so a long wait for
+  images does not look like a dead worker. An entry a worker holds when it dies stays pending
+  and is reclaimed by any worker once idle for ``claim_idle_s`` (XAUTOCLAIM).
+* Every delivery counts: an entry delivered more than ``max_deliveries`` times goes to
+  ``instrument:<name>:dead-letter`` with the reason instead of being processed again.
+* A worker that stops cleanly hands its pending entries to a parking consumer with their idle
+  time set past ``claim_idle_s`` (reclaimed by the next read of any worker) and deletes its
+  consumer name.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +119,40 @@ class WorkQueue:
         pipe.xadd(naming.dead_letter_stream(self.instrument), record)
         pipe.xack(self.stream, self.group, entry_id)
         pipe.execute()
+
+    def touch(self, entry_id: str) -> bool:
+        """Reset the idle time of an entry this worker holds; False if it is no longer ours.
+
+        XCLAIM with JUSTID does not count as a delivery.
+        """
+        info = self.client.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
+        if not info or _text(info[0]["consumer"]) != self.consumer:  # type: ignore[arg-type]
+            return False
+        self.client.xclaim(self.stream, self.group, self.consumer, 0, [entry_id], justid=True)
+        return True
+
+    @contextmanager
+    def holding(self, item: WorkItem) -> Iterator[None]:
+        """Keep ``item`` fresh (``touch`` every ``claim_idle_s / 3``) while the block runs, so a
+        long wait for images is never mistaken for a dead worker."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self._claim_idle_ms / 3000):
+                try:
+                    if not self.touch(item.entry_id):
+                        log.warning("%s %s was taken by another worker", self.stream, item.entry_id)
+                        return
+                except redis.RedisError as exc:
+                    log.warning("could not refresh %s %s: %s", self.stream, item.entry_id, exc)
+
+        thread = threading.Thread(target=beat, name=f"hold-{item.entry_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def hand_back(self, entry_ids: list[Any] | None = None) -> int:
         """Give this worker's pending entries (or ``entry_ids``) to the parking consumer, idle enough

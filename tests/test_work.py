@@ -91,3 +91,18 @@ def test_group_lost_under_a_worker_is_recreated(redis_client: redis.Redis) -> No
     _add(redis_client, "g4")
     item = queue.next()
     assert item is not None and item.entry.visit.groupId == "g4"
+
+
+def test_an_entry_being_worked_on_is_not_reclaimed(redis_client: redis.Redis) -> None:
+    holder = _queue(redis_client, "holder", claim_idle_s=0.3)
+    _add(redis_client, "long-wait")
+    item = holder.next()
+    assert item is not None
+    other = _queue(redis_client, "other", claim_idle_s=0.3)
+    with holder.holding(item):
+        time.sleep(1.0)  # three claim_idle_s periods: without the heartbeat it would be reclaimed
+        assert other.next() is None
+    time.sleep(0.4)
+    reclaimed = other.next()  # once the holder stops refreshing, a dead holder's entry is reclaimed
+    assert reclaimed is not None and reclaimed.entry_id == item.entry_id and reclaimed.deliveries == 2
+    assert holder.touch(item.entry_id) is False  # no longer the holder's

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sep
@@ -37,6 +37,7 @@ __all__ = [
     "detect_sources",
     "detect_transients",
     "difference",
+    "difference_rms",
     "isr",
     "match_to_truth",
     "process_detector",
@@ -178,7 +179,7 @@ def process_detector(
     with _timed(timings_s, "difference"):
         diff = subtract_template(calexp, template, science_rms=rms_e, gain_e_per_adu=gain_e_per_adu)
         diff_image, diff_rms_e = background(diff.image)
-        diff = Difference(diff_image, diff.model, diff.scale, diff.kernel_sigma_px, diff.convolved, diff.n_stars)
+        diff = replace(diff, image=diff_image)
     with _timed(timings_s, "detect_transients"):
         noise = difference_rms(diff_rms_e, diff.model, gain_e_per_adu=gain_e_per_adu)
         dia_sources = detect_transients(
