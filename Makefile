@@ -22,6 +22,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_workers --output BENCHMARKS.md
+	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pp .mypy_cache .ruff_cache

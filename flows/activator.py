@@ -60,12 +60,15 @@ def _run_one(ctx: WorkerContext, queue: WorkQueue, item: WorkItem) -> str:
     """Run one entry; acknowledge final outcomes, hand back the rest. Returns the count to bump."""
     visit, detector = item.entry.visit, item.entry.detector
     base = {"group": visit.groupId, "detector": detector, "worker": ctx.name, "deliveries": item.deliveries}
-    picked_up_at = time.time()
+    picked_up_at, start = time.time(), time.perf_counter()
     with queue.holding(item):
         state = process_visit_task(ctx, visit, detector, return_state=True)
+    wall_s = time.perf_counter() - start
     if state.is_completed():
         outcome = state.result()
-        queue.finish(item, base | outcome.record() | {"pickup_ms": (outcome.started_at * 1e3 - item.queued_at_ms)})
+        timing = {"pickup_ms": outcome.started_at * 1e3 - item.queued_at_ms, "wall_s": wall_s,
+                  "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
+        queue.finish(item, base | outcome.record() | timing)
         return str(outcome.status)
     error = state.result(raise_on_failure=False)
     if isinstance(error, NonRetriableError):

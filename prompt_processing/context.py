@@ -10,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -76,8 +77,14 @@ class WorkerContext:
         self.producer: Producer = kafka.make_producer(settings.kafka)
         self.cache = LruCache(settings.worker.preload_cache_entries)
         self.stopping = threading.Event()
+        # Off the critical path: reports (Prefect artifacts) and parallel uploads.
+        self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pp-report")
+        self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pp-upload")
 
     def close(self) -> None:
+        """Finish pending reports and uploads, flush Kafka, close clients."""
+        self.reporter.shutdown(wait=True)
+        self.uploads.shutdown(wait=True)
         self.producer.flush(10)
         self.redis.close()
         self.s3.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from prefect import Task
@@ -17,9 +18,13 @@ def retry_if_retriable(task: Task[Any, Any], task_run: TaskRun, state: State[Any
 
 
 def with_step_options[T: Task[Any, Any]](step: T, worker: WorkerSettings) -> T:
-    """The step with the configured retries (only retriable errors are retried)."""
-    return step.with_options(  # type: ignore[return-value]
-        retries=worker.task_retries,
-        retry_delay_seconds=worker.task_retry_delay_s,
-        retry_condition_fn=retry_if_retriable,
-    )
+    """The step with the configured retries (only retriable errors are retried).
+
+    Built once per (step, retries, delay) and reused: a warm worker does not rebuild tasks per visit.
+    """
+    return _configured(step, worker.task_retries, worker.task_retry_delay_s)  # type: ignore[return-value]
+
+
+@functools.cache
+def _configured(step: Task[Any, Any], retries: int, delay_s: float) -> Task[Any, Any]:
+    return step.with_options(retries=retries, retry_delay_seconds=delay_s, retry_condition_fn=retry_if_retriable)

@@ -44,8 +44,9 @@ def publish(ctx: WorkerContext, clock: StepClock, visit: NextVisit, detector: in
             "sources.parquet": _parquet(catalogue_to_arrow(result.sources)),
             "dia_sources.parquet": _parquet(dia),
         }
-        for name, data in files.items():
-            s3.put_bytes(ctx.s3, bucket, prefix + name, data)
+        puts = [ctx.uploads.submit(s3.put_bytes, ctx.s3, bucket, prefix + name, data) for name, data in files.items()]
+        for put in puts:
+            put.result()  # re-raises RetriableError
         outputs = [f"s3://{bucket}/{prefix}{name}" for name in files]
         k = ctx.settings.kafka
         errors: list[Any] = []

@@ -9,14 +9,17 @@ task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.events import emit_event
+from prefect.utilities.context import get_task_and_flow_run_ids
 
 from prompt_processing import naming
 from prompt_processing.context import StepClock, WorkerContext
@@ -47,7 +50,8 @@ class VisitOutcome:
 
     @property
     def overhead_s(self) -> float:
-        """All but image compute and waiting for the image: Prefect, Redis, S3 and Kafka I/O."""
+        """All but image compute and waiting for the image inside this call: Prefect, Redis, S3
+        and Kafka I/O. (The activator adds the cost of the task run around it.)"""
         return self.total_s - self.steps_s.get("process", 0.0) - self.steps_s.get("wait", 0.0)
 
     def record(self) -> dict[str, Any]:
@@ -82,7 +86,7 @@ def run_visit(ctx: WorkerContext, visit: NextVisit, detector: int) -> VisitOutco
     outcome.landed_at = raws.landed_at[-1]
     outcome.steps_s = clock.seconds
     outcome.total_s = time.perf_counter() - start
-    _report(outcome, published.outputs)
+    _report(ctx, outcome, published.outputs)
     return outcome
 
 
@@ -91,8 +95,12 @@ process_visit_task = task(
 )(run_visit)
 
 
-def _report(outcome: VisitOutcome, outputs: list[str]) -> None:
-    """A Prefect event and a markdown artifact with the per-step timings."""
+def _report(ctx: WorkerContext, outcome: VisitOutcome, outputs: list[str]) -> None:
+    """A Prefect event, and a markdown artifact with the per-step timings on this task run.
+
+    The artifact is written by the worker's reporter thread, off the visit's critical path;
+    ``WorkerContext.close`` waits for it.
+    """
     resource = f"pp.visit.{outcome.instrument}.{outcome.group}.{outcome.detector:03d}"
     emit_event(
         event="pp.visit.published",
@@ -100,12 +108,25 @@ def _report(outcome: VisitOutcome, outputs: list[str]) -> None:
         payload=outcome.record(),
     )
     rows = "\n".join(f"| {step} | {seconds * 1e3:.1f} |" for step, seconds in outcome.steps_s.items())
-    create_markdown_artifact(
-        markdown=(
+    task_run_id, flow_run_id = get_task_and_flow_run_ids()
+    artifact = ArtifactCreate(
+        type="markdown",
+        data=(
             f"### {outcome.instrument} {outcome.group} detector {outcome.detector:03d}\n\n"
             f"{outcome.n_alerts} alerts sent; image landed {outcome.landed_at}.\n\n"
             f"| step | ms |\n|---|---:|\n{rows}\n| orchestration and I/O | {outcome.overhead_s * 1e3:.1f} |\n"
             f"| **total** | **{outcome.total_s * 1e3:.1f}** |\n\n" + "\n".join(f"- `{uri}`" for uri in outputs)
         ),
         description=f"timings of {resource}",
+        task_run_id=task_run_id,
+        flow_run_id=flow_run_id,
     )
+    ctx.reporter.submit(_create_artifact, artifact)
+
+
+def _create_artifact(artifact: ArtifactCreate) -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_artifact(artifact)
+    except Exception as exc:  # a report must never fail a visit that already succeeded
+        logging.getLogger(__name__).warning("artifact not written: %s", exc)
