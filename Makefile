@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_autoscaler --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_workers --output BENCHMARKS.md
 	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
 

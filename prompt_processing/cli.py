@@ -8,6 +8,7 @@ pp deploy                                       work pool + `prefect deploy --al
 pp worker                                       a Prefect worker for the pool
 pp activators --instrument LSSTCam --count N    start N activator flow runs
 pp rerun LSSTCam <group> <detector>             rerun one visit-detector (process-visit deployment)
+pp autoscale [--spec FILE] [--check]            create activator flow runs from the streams' backlog (KEDA-like)
 pp sim next-visits --instrument LSSTCam --visits N --cadence-s S
 pp sim night --instrument LSSTCam --visits N --detectors 0,1,2 [--size-px 512]
 pp demo                                         a short simulated night, end to end
@@ -19,6 +20,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -54,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("group")
     rerun.add_argument("detector", type=int)
 
+    autoscale = sub.add_parser("autoscale", help="scale activator flow runs to the streams' backlog (KEDA ScaledJob)")
+    autoscale.add_argument("--spec", type=Path, default=None, help="spec file (default: PP_AUTOSCALER__SPEC_FILE)")
+    autoscale.add_argument("--check", action="store_true", help="exit 0 if this host's autoscaler is healthy")
+
     sim = sub.add_parser("sim", help="summit simulator")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
     nv = sim_sub.add_parser("next-visits", help="emit NextVisit events")
@@ -75,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the embedded stack, all services, a short simulated night, a report")
     demo.add_argument("--visits", type=int, default=3, help="LSSTCam visits")
     demo.add_argument("--detectors", type=int, default=4, help="active detectors per visit")
-    demo.add_argument("--workers", type=int, default=2, help="activator flow runs")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="most activator flow runs at once (the autoscaler's max; default: one per detector)")
     demo.add_argument("--size-px", type=int, default=512, help="image side; 4096 = a full LSSTCam CCD")
     return parser
 
@@ -124,6 +131,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "fanout":
         return _fanout(args, settings)
+    if args.command == "autoscale":
+        return _autoscale(args, settings)
     if args.command == "sim":
         return _sim(args, settings) if args.sim_command == "next-visits" else _night(args, settings)
     if args.command in ("router", "deploy", "worker", "activators", "rerun"):
@@ -142,6 +151,21 @@ def _fanout(args: argparse.Namespace, settings: Settings) -> int:
     if args.check:
         return _check_health(settings, "fanout", settings.fanout.consumer_name)
     return FanOutService(settings).run()
+
+
+def _autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    if args.check:
+        return _check_health(settings, "autoscaler", settings.autoscaler.name)
+    # Prefect reads PREFECT_API_URL once, when imported; the events the autoscaler emits must go to
+    # the settings' server, so point it there before the first Prefect import.
+    os.environ["PREFECT_API_URL"] = settings.prefect.url
+    from prompt_processing.autoscaler import Autoscaler
+    from prompt_processing.autoscaler_spec import load_specs
+
+    specs = load_specs(args.spec or settings.autoscaler.spec_file)
+    return Autoscaler(settings, specs).run()
 
 
 def _check_health(settings: Settings, kind: str, name: str | None) -> int:

@@ -1,12 +1,16 @@
 """`make demo`: a local night end to end on the embedded stack.
 
 Brings up the stack (Redis, the Kafka-protocol broker, moto S3, the Prefect server), registers
-the deployments (`prefect deploy --all`), starts the fan-out, the arrival router and a Prefect
-worker as processes, starts a fixed number of activator flow runs, then plays a night: N visits
-x K detectors of LSSTCam, with images landing at the end of each exposure, plus a redelivered
-visit and four bad next-visit messages. It waits for every visit-detector's outcome, prints the
-report (latency image landed -> alerts sent, transients injected vs recovered, failures, the
-Prefect UI address) and stops everything it started; services already running are left alone.
+the deployments (`prefect deploy --all`), starts the fan-out, the arrival router, a Prefect
+worker and the autoscaler (`pp autoscale`, eager, min 1 activator, max one per detector) as
+processes, then plays a night: N visits x K detectors of LSSTCam, with images landing at the
+end of each exposure, plus a redelivered visit and four bad next-visit messages. The
+autoscaler creates activator flow runs as the entries land. The demo waits for every
+visit-detector's outcome, then for the activators to exit when idle and the pool to shrink
+back to the minimum, prints the report (latency image landed -> alerts sent, transients
+injected vs recovered, failures, peak activators and the count after idle, the Prefect UI
+address) and stops everything it started (the autoscaler's last warm run is cancelled);
+services already running are left alone.
 """
 
 from __future__ import annotations
@@ -20,13 +24,29 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import redis
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled
 from rich.console import Console
+from rich.table import Table
 
 from prompt_processing import deploy, kafka, naming, s3
+from prompt_processing.autoscaler_metrics import UNFINISHED_STATES
+from prompt_processing.autoscaler_spec import ScaledJobSpec, dump_specs, parse_specs
 from prompt_processing.demo_report import NightReport, print_report
 from prompt_processing.instruments import LSSTCAM
 from prompt_processing.night import NightPlan, run_night
@@ -36,12 +56,16 @@ from prompt_processing.stack import Stack
 
 DEMO_DETECTORS = (94, 95, 96, 97)  # around the focal-plane centre (R22_S11 ...)
 BAD_AND_REPEATED_MESSAGES = 5  # see _send_redelivery_and_bad_messages
+ACTIVATOR = "activator/activator-lsstcam"
+MIN_ACTIVATORS = 1
+IDLE_TIMEOUT_S = 10.0
 
 
 def demo_settings(settings: Settings, n_detectors: int) -> Settings:
     """The user's settings with LSSTCam narrowed to the demo's detectors and short worker timeouts."""
     detectors = list(DEMO_DETECTORS[:n_detectors]) if n_detectors <= len(DEMO_DETECTORS) else list(range(n_detectors))
-    worker = settings.worker.model_dump() | {"idle_timeout_s": 30.0, "image_timeout_s": 20.0, "claim_idle_s": 10.0}
+    worker = settings.worker.model_dump() | {"idle_timeout_s": IDLE_TIMEOUT_S, "image_timeout_s": 20.0,
+                                             "claim_idle_s": 10.0}  # fmt: skip
     return settings.model_copy(
         update={
             "instruments": {"LSSTCam": InstrumentSettings(only_detectors=detectors)},
@@ -50,9 +74,21 @@ def demo_settings(settings: Settings, n_detectors: int) -> Settings:
     )
 
 
-def run_demo(settings: Settings, *, visits: int, detectors: int, workers: int, size_px: int) -> int:
+def demo_spec(max_activators: int) -> ScaledJobSpec:
+    """LSSTCam's activators as production scales them (eager, lag 1), sized for the demo."""
+    (spec,) = parse_specs({"scaledJobs": [{
+        "instrument": "LSSTCam", "deployment": ACTIVATOR, "pollingInterval": 1, "scalingStrategy": "eager",
+        "minReplicaCount": MIN_ACTIVATORS, "maxReplicaCount": max(max_activators, MIN_ACTIVATORS),
+        "triggers": [{"type": "redis-streams", "metadata": {"lagCount": 1}}],
+    }]}, source="demo spec")  # fmt: skip
+    return spec
+
+
+def run_demo(settings: Settings, *, visits: int, detectors: int, workers: int | None, size_px: int) -> int:
+    """``workers``: the most activator runs at once (the autoscaler's max; default one per detector)."""
     console = Console(width=None if sys.stdout.isatty() else 120)
     settings = demo_settings(settings, detectors)
+    spec = demo_spec(workers or detectors)
     stack = Stack(settings)
     already = {s.name for s in stack.status() if s.state in ("running", "external")}
     with console.status("starting the embedded stack (the Prefect server takes ~20 s)"):
@@ -60,10 +96,13 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, workers: int, s
     started_here = [s for s in ("redis", "kafka", "s3", "prefect") if s not in already]
     client = redis.Redis.from_url(settings.redis.url)
     try:
-        with _services(settings, console) as logs:
-            groups, expected = _night(settings, console, visits, workers, size_px, client)
+        with _services(settings, console, spec) as logs:
+            night_started_at = time.time()
+            groups, expected = _night(settings, console, visits, size_px, client)
             report = NightReport.collect(settings, client, groups, expected)
+            pool = _wait_for_minimum(settings, console, spec, night_started_at)
             print_report(console, settings, report, logs)
+            _print_pool(console, spec, pool)
     finally:
         client.close()
         if started_here:
@@ -73,14 +112,10 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, workers: int, s
 
 
 def _night(
-    settings: Settings, console: Console, visits: int, workers: int, size_px: int, client: redis.Redis
+    settings: Settings, console: Console, visits: int, size_px: int, client: redis.Redis
 ) -> tuple[list[str], int]:
-    """Start the activators, play the night, wait for the outcomes; return (groups, outcomes expected)."""
-    run_ids = [
-        deploy.run_deployment(settings, "activator/activator-lsstcam", {"instrument": "LSSTCam"}, tags=["demo"])
-        for _ in range(workers)
-    ]
-    console.print(f"started {len(run_ids)} activator flow runs; the night begins")
+    """Play the night, wait for the outcomes; return (groups, outcomes expected)."""
+    console.print("the autoscaler keeps the activator runs; the night begins")
     active = settings.instruments["LSSTCam"].only_detectors or []
     plan = NightPlan(LSSTCAM, tuple(active), visits, 10.0, 20.0, 5.0, (size_px, size_px), 5, seed=int(time.time()))
     before = client.xlen(naming.results_stream("LSSTCam"))
@@ -101,8 +136,9 @@ def _night(
 
 
 @contextmanager
-def _services(settings: Settings, console: Console) -> Iterator[Path]:
-    """Deployments registered; fan-out, router and a Prefect worker running until the block ends."""
+def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iterator[Path]:
+    """Deployments registered; fan-out, router, a Prefect worker and the autoscaler running until the
+    block ends. On the way out the autoscaler stops first, then its warm run is cancelled."""
     logs = Path(settings.stack.state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     k = settings.kafka
@@ -113,14 +149,23 @@ def _services(settings: Settings, console: Console) -> Iterator[Path]:
     client.close()
     with console.status("registering deployments (prefect deploy --all)"):
         deploy.deploy_all(settings, log=logs / "deploy.log")
-    env = os.environ | to_env(settings) | deploy.prefect_env(settings)
+    spec_file = logs / "autoscaler-demo.yaml"
+    spec_file.write_text(dump_specs([spec]))
+    # The worker looks for scheduled runs every 2 s (Prefect's default: 10 s).
+    env = os.environ | to_env(settings) | deploy.prefect_env(settings) | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
     commands = {
         "fanout": [sys.executable, "-m", "prompt_processing.cli", "fanout"],
         "router": [sys.executable, "-m", "prompt_processing.cli", "router"],
         "worker": deploy.worker_command(settings),
+        "autoscaler": [sys.executable, "-m", "prompt_processing.cli", "autoscale", "--spec", str(spec_file)],
     }
+    # Runs an earlier demo left unfinished have no process (their worker is gone) but would count
+    # as running for the autoscaler, as a Job stuck Running would for KEDA: retire them first.
+    _cancel_unfinished(settings, spec.deployment, "left unfinished by an earlier demo")
     with ExitStack() as stack:
         for name, command in commands.items():
+            if name == "autoscaler":  # on the way out, after it stopped and before the worker stops:
+                stack.callback(_cancel_unfinished, settings, spec.deployment, "the demo is over")
             log = stack.enter_context((logs / f"{name}.log").open("ab"))
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             stack.callback(_stop, process)
@@ -152,3 +197,80 @@ def _stop(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """The activator runs of the night, as Prefect recorded them."""
+
+    created: int
+    peak_running: int
+    unfinished_after_idle: int
+    back_to_min_s: float | None  # after the last outcome; None if it did not happen in time
+
+
+def _wait_for_minimum(settings: Settings, console: Console, spec: ScaledJobSpec, since: float) -> PoolReport:
+    """Wait until every activator run of the night exited and only ``min`` runs are not finished."""
+    done_at = time.time()
+    deadline = time.monotonic() + IDLE_TIMEOUT_S + 60
+
+    def back_to_min(runs: list[FlowRun]) -> bool:
+        night = [r for r in runs if r.start_time is not None and r.start_time.timestamp() < done_at]
+        return all(_final(r) for r in night) and sum(not _final(r) for r in runs) == spec.min_replica_count
+
+    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(spec.deployment).id
+        recent = FlowRunFilterExpectedStartTime(after_=datetime.fromtimestamp(since - 60, tz=UTC))
+        runs_filter = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                                    expected_start_time=recent)  # fmt: skip
+        with console.status(f"waiting for idle activators to exit (idle timeout {IDLE_TIMEOUT_S:g} s)"):
+            runs = client.read_flow_runs(flow_run_filter=runs_filter, limit=200)
+            while not (reached := back_to_min(runs)) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                runs = client.read_flow_runs(flow_run_filter=runs_filter, limit=200)
+    return PoolReport(created=len(runs), peak_running=_peak_running(runs),
+                      unfinished_after_idle=sum(not _final(r) for r in runs),
+                      back_to_min_s=time.time() - done_at if reached else None)  # fmt: skip
+
+
+def _peak_running(runs: list[FlowRun]) -> int:
+    """Most runs Running at the same moment (from their start and end times)."""
+    moments: list[tuple[float, int]] = []
+    for run in runs:
+        if run.start_time is not None:
+            moments.append((run.start_time.timestamp(), 1))
+            if run.end_time is not None:
+                moments.append((run.end_time.timestamp(), -1))
+    peak = current = 0
+    for _, step in sorted(moments):
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def _print_pool(console: Console, spec: ScaledJobSpec, pool: PoolReport) -> None:
+    table = Table(title=f"Autoscaler: {spec.deployment} ({spec.scaling_strategy}, min {spec.min_replica_count}, "
+                  f"max {spec.max_replica_count})", show_header=False)  # fmt: skip
+    table.add_row("activator runs created / peak running at once", f"{pool.created} / {pool.peak_running}")
+    if pool.back_to_min_s is not None:
+        after = f"{pool.unfinished_after_idle} not finished, {pool.back_to_min_s:.0f} s after the last outcome"
+    else:
+        after = f"[red]{pool.unfinished_after_idle} not finished (timed out)[/]"
+    table.add_row(f"after {IDLE_TIMEOUT_S:g} s idle (min {spec.min_replica_count})", after)
+    console.print(table)
+
+
+def _cancel_unfinished(settings: Settings, deployment: str, reason: str) -> int:
+    """Mark the deployment's unfinished runs Cancelled (the worker stops any process); return how many."""
+    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        unfinished = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(UNFINISHED_STATES)))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]), state=unfinished), limit=200)  # fmt: skip
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelled(message=reason), force=True)
+    return len(runs)
+
+
+def _final(run: FlowRun) -> bool:
+    return run.state is not None and run.state.is_final()

@@ -199,6 +199,37 @@ class WorkerSettings(BaseModel):
     task_retry_delay_s: float = Field(0.5, ge=0)
 
 
+class AutoscalerSettings(BaseModel):
+    """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs (prompt_processing/autoscaler.py)."""
+
+    spec_file: Path = Field(
+        Path("deployments/autoscaler.yaml"), description="ScaledJob-like specs, one per instrument."
+    )
+    name: str | None = Field(None, description="This process's name in logs and its health key; default: host name.")
+    wake_on_entries: bool = Field(
+        True,
+        description="Also tick the moment entries land (a blocking XREAD on the stream tails), not only every "
+        "pollingInterval; false = KEDA's polling only.",
+    )
+    set_work_pool_limit: bool = Field(
+        False,
+        description="At start-up, set each work pool's concurrency limit to the sum of maxReplicaCount of the "
+        "specs whose deployments use it, so a worker never runs more, even runs created by hand.",
+    )
+    emit_unchanged: bool = Field(
+        False,
+        description="Emit a Prefect event for every decision; by default only for decisions that create runs "
+        "or differ from the instrument's previous one (every decision is logged either way).",
+    )
+    stale_scan_limit: int = Field(10_000, ge=1, description="Most stale pending entries counted per tick.")
+    create_attempts: int = Field(
+        3, ge=1, description="Tries per flow-run creation within a tick (same idempotency key each time)."
+    )
+    create_retry_delay_s: float = Field(0.2, ge=0, description="Pause between those tries.")
+    prefect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Prefect API call.")
+    health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the autoscaler refreshes.")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `pp stack up`."""
 
@@ -223,6 +254,7 @@ class Settings(BaseSettings):
     fanout: FanoutSettings = FanoutSettings()
     router: RouterSettings = RouterSettings()
     worker: WorkerSettings = WorkerSettings()
+    autoscaler: AutoscalerSettings = AutoscalerSettings()
     stack: StackSettings = StackSettings()
     instruments: dict[str, InstrumentSettings] = Field(default_factory=_default_instruments)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
