@@ -29,7 +29,6 @@ import platform
 import queue
 import random
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -46,7 +45,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import redis
 
-from bench.bench_fanout import _replace_section
+from bench.bench_fanout import _free_port, _replace_section
 from prompt_processing.settings import (
     AutoscalerSettings,
     KafkaSettings,
@@ -413,13 +412,6 @@ def _measure(settings: Settings, args: argparse.Namespace) -> list[Sample]:
             worker.send_signal(signal.SIGTERM)
             worker.wait(30)
     return samples
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 if __name__ == "__main__":

@@ -25,11 +25,14 @@ Behaviour and guarantees:
   within maxReplicaCount as far as KEDA's formula guarantees it from the counts (runs made by
   hand count too); ``set_work_pool_limit`` also makes the work pool enforce it.
 - Outages: a Redis or Prefect error (or a deployment not registered yet) ends that
-  instrument's tick with one log line; the tick (measured afresh) is retried after 0.25 s, then after twice as
-  long each time up to the polling interval (so a transient 503 costs a fraction of a second,
-  an outage one log line per interval); the service never exits on them. Prefect calls fail
-  fast (``prefect_timeout_s``, no client-side backoff); flow-run creations are retried within
-  the tick (``create_attempts``).
+  instrument's tick with one log line; the tick (measured afresh) is retried after 0.25 s,
+  then twice as late each time up to the polling interval (a transient 503 costs a fraction
+  of a second, an outage one log line per interval); the service never exits on them.
+  Prefect calls fail fast (``prefect_timeout_s``, no client-side backoff); flow-run
+  creations are retried within the tick (``create_attempts``).
+- Not detected: a run whose process died without its worker noticing stays Running in
+  Prefect and keeps counting, as a stuck Job does for KEDA; Prefect's zombie-run detection
+  (flow-run heartbeats and its "mark Crashed" automation) is what retires it.
 - Observability: every decision is one JSON log line with its inputs and outputs (INFO when
   it creates runs or differs from the instrument's previous decision, else DEBUG) and, on the
   same condition (or always, with ``emit_unchanged``), a Prefect event
