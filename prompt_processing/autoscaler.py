@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import threading
 import time
@@ -56,7 +55,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from types import FrameType
 from typing import Any
 from uuid import UUID
 
@@ -72,6 +70,7 @@ from prompt_processing import naming
 from prompt_processing.autoscaler_metrics import JobCounts, QueueMetrics, count_jobs, measure_queue
 from prompt_processing.autoscaler_spec import Metric, ScaledJobSpec
 from prompt_processing.scaling import Decision, decide
+from prompt_processing.service import serve
 from prompt_processing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,15 +166,7 @@ class Autoscaler:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        self.startup()
-        try:
-            while not self.should_exit:
-                self.tick()
-        finally:
-            self.shutdown()
-        return 0
+        return serve(self)
 
     def startup(self) -> None:
         """Open the Prefect client (fast-failing: no client-side retries); call from the ticking thread."""
@@ -396,6 +387,3 @@ class Autoscaler:
             self._redis.set(naming.health_key("autoscaler", self.name), json.dumps(body), ex=self.config.health_ttl_s)
         except redis.RedisError as exc:
             log.warning("health key not refreshed: %s", exc)
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.request_exit()

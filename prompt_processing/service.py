@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from confluent_kafka import KafkaError, Message
@@ -88,15 +88,7 @@ class KafkaService:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-        self.startup()
-        try:
-            while not self.should_exit:
-                self.tick()
-        finally:
-            self.shutdown()
-        return 0
+        return serve(self)
 
     def startup(self) -> None:
         try:
@@ -230,9 +222,37 @@ class KafkaService:
         if self._producer.flush(10.0) or errors:
             raise ConnectionError(f"dead-letter topic did not confirm: {errors or 'timeout'}")
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the current message, then exiting", signum)
-        self.request_exit()
+
+class Servable(Protocol):
+    """A long-running service: ``startup()`` -> ``tick()`` until ``should_exit`` -> ``shutdown()``."""
+
+    should_exit: bool
+
+    def startup(self) -> None: ...
+    def tick(self) -> object: ...
+    def shutdown(self) -> None: ...
+    def request_exit(self) -> None: ...
+
+
+def serve(service: Servable) -> int:
+    """Run ``service`` until SIGTERM/SIGINT, which only set its exit flag; return the exit code.
+
+    The tick in progress finishes, then ``shutdown()`` runs (also after an error).
+    """
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the work in hand, then exiting", signum)
+        service.request_exit()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    service.startup()
+    try:
+        while not service.should_exit:
+            service.tick()
+    finally:
+        service.shutdown()
+    return 0
 
 
 def _overran(deadline_s: float) -> None:
