@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prompt_processing.imaging.algorithms import ProcessResult, process_detector
 
 from prompt_processing.context import StepClock
 from prompt_processing.errors import NonRetriableError
+from prompt_processing.imaging.algorithms import ProcessResult, process_detector
 from prompt_processing.imaging.fits_io import from_fits_bytes
 from tasks.preload import Calibrations
 
