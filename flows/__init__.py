@@ -1,1 +1,1 @@
-"""Prefect flows: the activator (warm worker) and process_visit land here with the workers issue."""
+"""Prefect flows: the activator (one warm worker per long-lived run) and process_visit (manual reruns)."""
