@@ -45,7 +45,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import redis
 
-from bench.bench_fanout import _free_port, _replace_section
+from bench.bench_fanout import _replace_section
 from prompt_processing.settings import (
     AutoscalerSettings,
     KafkaSettings,
@@ -56,7 +56,7 @@ from prompt_processing.settings import (
     WorkerSettings,
     to_env,
 )
-from prompt_processing.stack import Stack
+from prompt_processing.stack import Stack, free_port
 from prompt_processing.stats import percentile
 
 if TYPE_CHECKING:
@@ -363,8 +363,8 @@ def main() -> int:
     logging.getLogger("prompt_processing.autoscaler").addHandler(refusals)
     with tempfile.TemporaryDirectory(prefix="pp-bench-autoscaler-") as state:
         settings = Settings(
-            redis=RedisSettings(port=_free_port()), kafka=KafkaSettings(port=_free_port()),
-            prefect=PrefectSettings(port=_free_port()), stack=StackSettings(state_dir=Path(state)),
+            redis=RedisSettings(port=free_port()), kafka=KafkaSettings(port=free_port()),
+            prefect=PrefectSettings(port=free_port()), stack=StackSettings(state_dir=Path(state)),
             worker=WorkerSettings(block_s=0.2),
         )  # fmt: skip
         # Prefect reads its API URL once, at import; the autoscalers' events must reach this server.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import tempfile
 import threading
 import time
@@ -40,7 +39,7 @@ from prompt_processing.instruments import LSSTCAM
 from prompt_processing.resp import RespConnection
 from prompt_processing.settings import FanoutSettings, KafkaSettings, RedisSettings, Settings, StackSettings
 from prompt_processing.sim import next_visit_message, plan_visits
-from prompt_processing.stack import Stack
+from prompt_processing.stack import Stack, free_port
 from prompt_processing.stats import percentile
 from prompt_processing.streams import StreamFanOut
 
@@ -57,13 +56,6 @@ for i = 2 + 2 * n, #ARGV do
 end
 return #ARGV - 1 - 2 * n
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _visit(group_id: str) -> NextVisit:
@@ -275,9 +267,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pp-bench-") as state:
         tag = uuid.uuid4().hex[:6]
         settings = Settings(
-            redis=RedisSettings(port=_free_port()),
+            redis=RedisSettings(port=free_port()),
             kafka=KafkaSettings(
-                port=_free_port(), next_visit_topic=f"bench-nv-{tag}", dead_letter_topic=f"bench-dl-{tag}"
+                port=free_port(), next_visit_topic=f"bench-nv-{tag}", dead_letter_topic=f"bench-dl-{tag}"
             ),
             fanout=FanoutSettings(group_id=f"bench-{tag}", consumer_name="bench"),
             stack=StackSettings(state_dir=Path(state)),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +25,8 @@ from typing import Any
 from rich.progress import Progress
 
 from bench.bench_fanout import _replace_section
+from prompt_processing.stack import free_port
 from prompt_processing.stats import percentile
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def main() -> int:
@@ -44,7 +37,7 @@ def main() -> int:
     parser.add_argument("--full-size-visits", type=int, default=3)
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="pp-bench-workers-"))
-    prefect_port = _free_port()
+    prefect_port = free_port()
     # Prefect reads its settings at import: set them before anything imports prefect.
     os.environ |= {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_HOME": str(state / "home"),
                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip

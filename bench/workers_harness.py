@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import redis
 from prefect import flow
 from rich.progress import Progress
 
-from bench.bench_fanout import _free_port
 from flows.activator import activator
 from prompt_processing import kafka, s3
 from prompt_processing.context import WorkerContext
@@ -39,9 +37,9 @@ from prompt_processing.settings import (
     to_env,
 )  # fmt: skip
 from prompt_processing.sim import next_visit_message, plan_visits
-from prompt_processing.stack import Stack
+from prompt_processing.stack import Stack, free_port
 from prompt_processing.streams import StreamFanOut
-from prompt_processing.work import WorkQueue, read_results
+from prompt_processing.work import WorkQueue, landed_to_alerts_s, read_results
 from tasks.visit import run_visit
 
 _BASELINE_CONTEXT: dict[str, WorkerContext] = {}  # the subflow baseline's shared clients (bench only)
@@ -95,8 +93,8 @@ class Harness:
     @classmethod
     def start(cls, state: Path, prefect_port: int) -> Harness:
         settings = Settings(
-            redis=RedisSettings(port=_free_port()), kafka=KafkaSettings(port=_free_port()),
-            s3=S3Settings(port=_free_port()), prefect=PrefectSettings(port=prefect_port),
+            redis=RedisSettings(port=free_port()), kafka=KafkaSettings(port=free_port()),
+            s3=S3Settings(port=free_port()), prefect=PrefectSettings(port=prefect_port),
             router=RouterSettings(http_port=0, poll_timeout_s=0.1),
             worker=WorkerSettings(idle_timeout_s=30, claim_idle_s=60, task_retries=0, image_timeout_s=60, block_s=0.5),
             instruments={"LATISS": InstrumentSettings()}, stack=StackSettings(state_dir=state),
@@ -199,7 +197,7 @@ class Harness:
         thread.join(60)
         results = self.last_results(n)
         return {
-            "latency_s": [_landed_to_sent_s(r) for r in results],
+            "latency_s": [landed_to_alerts_s(r) for r in results],
             "compute_s": [json.loads(r["steps_s"])["process"] for r in results],
         }
 
@@ -222,8 +220,3 @@ def _summary(name: str, results: list[dict[str, str]]) -> dict[str, Any]:
         "bookkeeping_s": [float(r["wall_s"]) - sum(json.loads(r["steps_s"]).values()) for r in ok],
         "pickup_ms": [float(r["pickup_ms"]) for r in ok],
     }
-
-
-def _landed_to_sent_s(result: dict[str, str]) -> float:
-    landed = datetime.fromisoformat(result["landed_at"].replace("Z", "+00:00")).timestamp()
-    return float(result["alerts_sent_at"]) - landed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +19,7 @@ from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
 from prompt_processing.service import read_health
 from prompt_processing.settings import Settings
 from prompt_processing.stats import percentile
-from prompt_processing.work import read_results
+from prompt_processing.work import landed_to_alerts_s, read_results
 
 
 @dataclass
@@ -47,7 +46,7 @@ class NightReport:
         wanted = set(groups)
         results = read_results(client, "LSSTCam")
         report = cls(expected=expected, results=[r for r in results if r["group"] in wanted])
-        report.latencies_s = [_latency_s(r) for r in report.results if r["status"] == "succeeded"]
+        report.latencies_s = [landed_to_alerts_s(r) for r in report.results if r["status"] == "succeeded"]
         report.dead_letter_entries = client.xlen(naming.dead_letter_stream("LSSTCam"))
         host = socket.gethostname()
         report.fanout = read_health(client, "fanout", settings.fanout.consumer_name or host) or {}
@@ -78,11 +77,6 @@ class NightReport:
                 self.spurious += spurious
         finally:
             client.close()
-
-
-def _latency_s(result: dict[str, str]) -> float:
-    landed = datetime.fromisoformat(result["landed_at"].replace("Z", "+00:00")).timestamp()
-    return float(result["alerts_sent_at"]) - landed
 
 
 def _catalogue(rows: list[dict[str, Any]]) -> Catalogue:

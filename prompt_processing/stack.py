@@ -40,6 +40,7 @@ from prompt_processing.stack_services import (
     ServiceSpec,
     StackError,
     exit_detail,
+    free_port,
     is_ours,
     port_open,
     port_taken,
@@ -57,6 +58,7 @@ __all__ = [
     "ServiceStatus",
     "Stack",
     "StackError",
+    "free_port",
     "redis_server_binary",
     "render_statuses",
 ]

@@ -156,6 +156,14 @@ def _package_dir(package: str) -> Path | None:
 # --------------------------------------------------------------------------- network helpers
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for tests and benchmarks that start their own stack)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def port_open(host: str, port: int, timeout_s: float) -> bool:
     """True if a TCP connection to ``host:port`` succeeds within ``timeout_s``."""
     try:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -206,6 +207,12 @@ def read_results(client: redis.Redis, instrument: str) -> list[dict[str, str]]:
     """Every outcome record in the instrument's results stream, oldest first."""
     entries: Any = client.xrange(naming.results_stream(instrument))
     return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
+
+
+def landed_to_alerts_s(result: dict[str, str]) -> float:
+    """A succeeded outcome record's latency: raw image landed (S3 event time) -> alerts sent, seconds."""
+    landed = datetime.fromisoformat(result["landed_at"].replace("Z", "+00:00")).timestamp()
+    return float(result["alerts_sent_at"]) - landed
 
 
 def _text(value: bytes | str) -> str:

@@ -8,7 +8,6 @@ database and its own Kafka topics and consumer group.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,17 +28,10 @@ from prompt_processing.settings import (
     Settings,
     StackSettings,
 )
-from prompt_processing.stack import Stack
+from prompt_processing.stack import Stack, free_port
 
 for _name in [n for n in os.environ if n.startswith(("PP_", "PREFECT_"))]:
     del os.environ[_name]  # a developer's PP_* or Prefect profile must not leak into the tests
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # Prefect reads its settings once, at import: point every flow run of the session (threads and

@@ -49,9 +49,9 @@ from prompt_processing.settings import (
     to_env,
 )
 from prompt_processing.sim import plan_visits
+from prompt_processing.stack import free_port
 from prompt_processing.streams import StreamFanOut
 from prompt_processing.work import read_results
-from tests.conftest import free_port
 from tests.helpers import Running, visit_body, wait_for
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

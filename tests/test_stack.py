@@ -44,6 +44,7 @@ from prompt_processing.stack import (
     ServiceStatus,
     Stack,
     StackError,
+    free_port,
     redis_server_binary,
     render_statuses,
 )
@@ -53,12 +54,6 @@ THREE = ("redis", "kafka", "s3")
 
 # --------------------------------------------------------------------------- helpers
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def proc_start_ticks(pid: int) -> int | None:
