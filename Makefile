@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint check-install bench clean
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV)
@@ -13,12 +13,19 @@ $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 demo: $(STAMP)
 	$(BIN)/pp demo
 
+# Lint, types and import contracts, the tests, then what a production install gets.
 test: lint
 	$(BIN)/pytest
+	$(MAKE) check-install
 
 lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+# `pip install .` (no extras) in a fresh venv: no dev tools come along, the services' commands run.
+check-install: $(STAMP)
+	scripts/check_runtime_install.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md

@@ -2,8 +2,8 @@
 
 Starts its own Redis, Kafka-protocol broker and Prefect server on free ports, registers the
 deployments, then measures how long after an entry lands in a stream a flow run is **created**
-(the run's ``created`` time in Prefect) and **Running** (its ``start_time``: a real `prefect
-worker` of a `process` pool started it), for three scalers that differ only in how they notice
+(the run's ``created`` time in Prefect) and **Running** (its ``start_time``: a real Prefect
+worker of a work pool of type `process` started it), for three scalers that differ only in how they notice
 work: the autoscaler as shipped (wakes on a blocking XREAD of the stream tail, polls every 2 s),
 and the same with ``wake_on_entries=false`` (KEDA's way) polling every 2 s (Rubin production)
 and every 30 s (KEDA's default).
@@ -43,26 +43,27 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import redis
 
 from bench.bench_fanout import _replace_section
+from pp_devkit.stack import Stack, free_port
 from prompt_processing.settings import (
+    FLOW_RUN_SECTIONS,
+    ActivatorSettings,
     AutoscalerSettings,
     KafkaSettings,
     PrefectSettings,
     RedisSettings,
     Settings,
     StackSettings,
-    WorkerSettings,
-    to_env,
+    export_env,
 )
-from prompt_processing.stack import Stack, free_port
-from prompt_processing.stats import percentile
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
-    from prompt_processing.autoscaler import Autoscaler
+    from prompt_processing.autoscaler.loop import Autoscaler
 
 WAKE = "eager + wake on XREAD (polls every 2 s)"
 POLL_2 = "KEDA-like: polls every 2 s"
@@ -150,14 +151,14 @@ class Bench:
 
     def lane(self, mode: str, phase: int, index: int, *, delay_s: float = 0.0) -> Lane:
         """A lane of phase 1 (its pool has no worker) or phase 2 (the worker's pool)."""
-        from prompt_processing.autoscaler import Autoscaler  # noqa: PLC0415 (after PREFECT_API_URL is set)
-        from prompt_processing.autoscaler_spec import parse_specs  # noqa: PLC0415
+        from prompt_processing.autoscaler.loop import Autoscaler  # noqa: PLC0415 (after PREFECT_API_URL is set)
+        from prompt_processing.autoscaler.spec import parse_specs  # noqa: PLC0415
 
         wake, interval_s = MODES[mode]
         instrument = f"bench{phase}-{'wake' if wake else 'poll'}{interval_s:g}-{index}"
         self.client.create_deployment(
             flow_id=self.base.flow_id, name=instrument, entrypoint=self.base.entrypoint, path=self.base.path,
-            work_pool_name=NO_WORKER_POOL if phase == 1 else self.settings.worker.work_pool,
+            work_pool_name=NO_WORKER_POOL if phase == 1 else self.settings.prefect.work_pool,
             pull_steps=self.base.pull_steps, parameter_openapi_schema=self.base.parameter_openapi_schema,
             parameters={"instrument": instrument, "idle_timeout_s": 0.5},
         )  # fmt: skip
@@ -269,7 +270,7 @@ def phase_running(bench: Bench, lanes: dict[str, list[Lane]], n: int, spacing_s:
 
 
 def _p50_p95(values: list[float]) -> str:
-    return f"{percentile(values, 50):.2f} / {percentile(values, 95):.2f}" if values else "-"
+    return "{:.2f} / {:.2f}".format(*np.percentile(values, [50, 95])) if values else "-"
 
 
 class Refusals(logging.Handler):
@@ -294,11 +295,12 @@ def render(samples: list[Sample], args: argparse.Namespace, elapsed_s: float, re
         f"{platform.python_version()}, Prefect server on SQLite, redis-server, all on loopback); {elapsed_s:.0f} s.",
         "",
         "From an entry landing in a stream (XADD) to a flow run of the activator deployment **created** "
-        "(the run's `created` in Prefect) and **Running** (its `start_time`: a `prefect worker` of a `process` "
-        "pool, polling every 1 s, started a Python process that loaded the flow). Every scaler is `pp autoscale`'s "
-        "code (eager, min 0, max 1); only how it notices work differs. Entries for the polling scalers land at a "
-        "uniformly random phase of the polling cycle. Phase 1 (created) runs without a worker; phase 2 (Running) "
-        "starts one flow-run process at a time (see the docstring of `bench/bench_autoscaler.py`).",
+        "(the run's `created` in Prefect) and **Running** (its `start_time`: a Prefect worker of a work pool of "
+        "type `process`, polling every 1 s, started a Python process that loaded the flow). Every scaler is "
+        "`pp autoscale`'s code (eager, min 0, max 1); only how it notices work differs. Entries for the polling "
+        "scalers land at a uniformly random phase of the polling cycle. Phase 1 (created) runs without a Prefect "
+        "worker; phase 2 (Running) starts one flow-run process at a time (see the docstring of "
+        "`bench/bench_autoscaler.py`).",
         "",
         "| scaler | samples: created / Running | entry -> run created, p50 / p95 s | entry -> Running, p50 / p95 s |",
         "|---|---:|---:|---:|",
@@ -307,7 +309,8 @@ def render(samples: list[Sample], args: argparse.Namespace, elapsed_s: float, re
         created = [s.created_s for s in samples if s.mode == mode and s.running_s is None]
         running = [s.running_s for s in samples if s.mode == mode and s.running_s is not None]
         lines.append(f"| {mode} | {len(created)} / {len(running)} | {_p50_p95(created)} | {_p50_p95(running)} |")
-    p50 = percentile([s.created_s for s in samples if s.mode == WAKE and s.running_s is None], 50) or 0.0
+    woke = [s.created_s for s in samples if s.mode == WAKE and s.running_s is None]
+    p50 = float(np.percentile(woke, 50)) if woke else 0.0
     lines += [
         "",
         f"Target: p50 <= 0.5 s from entry to run created with the shipped scaler: **{p50 * 1e3:.0f} ms** "
@@ -365,7 +368,7 @@ def main() -> int:
         settings = Settings(
             redis=RedisSettings(port=free_port()), kafka=KafkaSettings(port=free_port()),
             prefect=PrefectSettings(port=free_port()), stack=StackSettings(state_dir=Path(state)),
-            worker=WorkerSettings(block_s=0.2),
+            activator=ActivatorSettings(block_s=0.2),
         )  # fmt: skip
         # Prefect reads its API URL once, at import; the autoscalers' events must reach this server.
         os.environ["PREFECT_API_URL"] = settings.prefect.url
@@ -389,15 +392,17 @@ def _measure(settings: Settings, args: argparse.Namespace) -> list[Sample]:
     from prefect.client.orchestration import get_client  # noqa: PLC0415
     from prefect.client.schemas.actions import WorkPoolCreate  # noqa: PLC0415
 
-    from prompt_processing import deploy  # noqa: PLC0415
+    from prompt_processing.adapters import prefect_api  # noqa: PLC0415
 
     log = Path(settings.stack.state_dir) / "bench.log"
-    deploy.deploy_all(settings, log=log)
-    env = os.environ | to_env(settings) | deploy.prefect_env(settings) | {"PREFECT_WORKER_QUERY_SECONDS": "1"}
+    prefect_api.deploy_all(settings, Path.cwd(), log=log)
+    env = (prefect_api.prefect_env(settings) | export_env(settings, *FLOW_RUN_SECTIONS)
+           | {"PREFECT_WORKER_QUERY_SECONDS": "1"})  # fmt: skip
     with get_client(sync_client=True) as client, log.open("ab") as out:
         client.create_work_pool(WorkPoolCreate(name=NO_WORKER_POOL, type="process"))
         bench = Bench(settings, client, random.Random(args.seed))
-        worker = subprocess.Popen(deploy.worker_command(settings), env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(prefect_api.prefect_worker_command(settings), env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
         try:
             # Phase 2's lanes start now, so their staggered polls are known when phase 1 ends.
             later = {WAKE: [bench.lane(WAKE, 2, 0)], POLL_2: [bench.lane(POLL_2, 2, 0)],

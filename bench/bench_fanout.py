@@ -29,19 +29,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import redis
 from rich.progress import Progress
 
-from prompt_processing import kafka
-from prompt_processing.events import NextVisit
-from prompt_processing.fanout import FanOutService
-from prompt_processing.instruments import LSSTCAM
-from prompt_processing.resp import RespConnection
+from pp_devkit.sim import next_visit_message, plan_visits
+from pp_devkit.stack import Stack, free_port
+from prompt_processing.adapters import kafka
+from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.model.events import NextVisit
+from prompt_processing.model.instruments import LSSTCAM
+from prompt_processing.services.fanout import FanOutService
 from prompt_processing.settings import FanoutSettings, KafkaSettings, RedisSettings, Settings, StackSettings
-from prompt_processing.sim import next_visit_message, plan_visits
-from prompt_processing.stack import Stack, free_port
-from prompt_processing.stats import percentile
-from prompt_processing.streams import StreamFanOut
 
 DETECTORS = tuple(range(189))
 LUA_XADD = """
@@ -156,7 +156,7 @@ def bench_service(settings: Settings, paced: int, burst: int, progress: Progress
             time.sleep(0.05)
             progress.advance(task)
         _wait(lambda: service.stats.fanned_out == 1 + paced, 60)
-        latencies = list(service.stats.latencies_ms)
+        latencies = service.stats.latencies_ms.values()
         task = progress.add_task("fan-out service, burst", total=burst)
         start = time.perf_counter()
         for i in range(burst):
@@ -174,8 +174,8 @@ def bench_service(settings: Settings, paced: int, burst: int, progress: Progress
         thread.join(30)
         service.shutdown()
     return {
-        "latency_p50_ms": percentile(latencies, 50) or 0.0,
-        "latency_p99_ms": percentile(latencies, 99) or 0.0,
+        "latency_p50_ms": float(np.percentile(latencies, 50)),
+        "latency_p99_ms": float(np.percentile(latencies, 99)),
         "latency_max_ms": max(latencies),
         "paced_visits": paced,
         "burst_visits": burst,
@@ -211,7 +211,7 @@ def _server_usec_per_visit(client: redis.Redis, method: Callable[[], None], n: i
 
 
 def render(samples: dict[str, list[float]], service: dict[str, float], server_ms: float, plot: str) -> str:
-    base = percentile(samples["one XADD per round trip (baseline)"], 50) or 1.0
+    base = float(np.percentile(samples["one XADD per round trip (baseline)"], 50))
     ours_key = "StreamFanOut: packed MULTI/EXEC + dedup (ours)"
     lines = [
         "## Fan-out (issue 2)",
@@ -226,7 +226,7 @@ def render(samples: dict[str, list[float]], service: dict[str, float], server_ms
         "|---|---:|---:|---:|",
     ]
     for name, values in samples.items():
-        p50, p99 = percentile(values, 50) or 0.0, percentile(values, 99) or 0.0
+        p50, p99 = np.percentile(values, [50, 99])
         lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {base / p50:.1f}x |")
     lines += [
         "",

@@ -6,7 +6,7 @@ arrival router in a thread and activators as real Prefect flow runs, and measure
 1. Orchestration overhead per visit-detector (wall time of the visit as the activator sees it,
    less image compute and waiting for the image) and warm pickup (XADD -> the visit's task run
    executing), for our structure (one task run per visit inside the long-lived activator run)
-   and, as the baseline in the same run, the same loop calling the ``process-visit`` flow as a
+   and, as the baseline in the same run, the same loop calling the same steps as a
    subflow per visit.
 2. End-to-end latency for one detector, image landed -> alerts sent, at the default image size
    (512 x 512) and a full LSSTCam CCD (4096 x 4096).
@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.progress import Progress
 
 from bench.bench_fanout import _replace_section
-from prompt_processing.stack import free_port
-from prompt_processing.stats import percentile
+from pp_devkit.stack import free_port
 
 
 def main() -> int:
@@ -61,12 +61,12 @@ def main() -> int:
 
 
 def _row(name: str, values: list[float], scale: float, unit: str) -> str:
-    p50, p95 = percentile(values, 50) or 0.0, percentile(values, 95) or 0.0
+    p50, p95 = np.percentile(values, [50, 95])
     return f"| {name} | {p50 * scale:.0f} {unit} | {p95 * scale:.0f} {unit} | {max(values) * scale:.0f} {unit} |"
 
 
 def render(ours: dict[str, Any], baseline: dict[str, Any], small: dict[str, Any], full: dict[str, Any]) -> str:
-    ratio = (percentile(baseline["overhead_s"], 50) or 0.0) / (percentile(ours["overhead_s"], 50) or 1.0)
+    ratio = float(np.percentile(baseline["overhead_s"], 50) / np.percentile(ours["overhead_s"], 50))
     lines = [
         "## Workers (issue 3)",
         "",

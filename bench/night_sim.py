@@ -2,7 +2,7 @@
 
 A discrete-event simulation (heapq, no services) of one LSSTCam night, run once per KEDA
 ScaledJob strategy on the same visits, entries and draws, with the scaler polling every 2 s
-and deciding through ``prompt_processing.scaling.scaling_decision``.
+and deciding through ``prompt_processing.autoscaler.rules.scaling_decision``.
 
 - Each visit's next-visit event arrives 20-30 s before the shutter opens and fans out one
   entry per detector to the queue; its images land at shutter open + exposure.
@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from rich.progress import Progress, TaskID
 
-from prompt_processing.scaling import KNOWN_STRATEGIES, scaling_decision
+from prompt_processing.autoscaler.rules import KNOWN_STRATEGIES, scaling_decision
 
 SECTION = "## Autoscaler night simulation (issue 4)"
 VISIT, READY, DONE, IDLE, TICK = range(5)

@@ -16,48 +16,52 @@ from prefect import flow
 from rich.progress import Progress
 
 from flows.activator import activator
-from prompt_processing import kafka, s3
-from prompt_processing.context import WorkerContext
-from prompt_processing.events import TAI_MINUS_UTC_S, NextVisit
-from prompt_processing.instruments import LATISS
-from prompt_processing.night import NightPlan, seed_central_store, upload_raw
-from prompt_processing.resp import RespConnection
-from prompt_processing.router import RouterService
-from prompt_processing.service import KafkaService
+from pp_devkit.night import NightPlan, seed_central_store, upload_raw
+from pp_devkit.sim import next_visit_message, plan_visits
+from pp_devkit.stack import Stack, free_port
+from prompt_processing.activator.context import ProcessingContext
+from prompt_processing.activator.queue import WorkQueue, landed_to_alerts_s, read_results
+from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
+from prompt_processing.model.instruments import LATISS
+from prompt_processing.model.queue_contract import QueueContract
+from prompt_processing.services.kafka_service import KafkaService
+from prompt_processing.services.router import RouterService
 from prompt_processing.settings import (
+    FLOW_RUN_SECTIONS,
+    ActivatorSettings,
     InstrumentSettings,
     KafkaSettings,
     PrefectSettings,
+    QueueSettings,
     RedisSettings,
     RouterSettings,
     S3Settings,
     Settings,
     StackSettings,
-    WorkerSettings,
-    to_env,
+    VisitSettings,
+    export_env,
 )  # fmt: skip
-from prompt_processing.sim import next_visit_message, plan_visits
-from prompt_processing.stack import Stack, free_port
-from prompt_processing.streams import StreamFanOut
-from prompt_processing.work import WorkQueue, landed_to_alerts_s, read_results
-from tasks.visit import run_visit
+from tasks.visit import run_visit_detector
 
-_BASELINE_CONTEXT: dict[str, WorkerContext] = {}  # the subflow baseline's shared clients (bench only)
+_BASELINE_CONTEXT: dict[str, ProcessingContext] = {}  # the subflow baseline's shared clients (bench only)
 
 
 @flow(name="visit-subflow", flow_run_name="{group}-det{detector:03d}")
 def visit_subflow(group: str, detector: int, visit: dict[str, Any]) -> dict[str, Any]:
     """The baseline: the same steps as our visit task, as a subflow of the looping flow."""
-    return run_visit(_BASELINE_CONTEXT["ctx"], NextVisit.from_json(json.dumps(visit)), detector).record()
+    return run_visit_detector(_BASELINE_CONTEXT["ctx"], NextVisit.from_json(json.dumps(visit)), detector).record()
 
 
 @flow(name="subflow-activator")
 def subflow_activator(instrument: str, n_visits: int) -> None:
     """The activator loop with a subflow per visit-detector instead of a task run."""
     settings = Settings()
-    ctx = _BASELINE_CONTEXT.setdefault("ctx", WorkerContext(settings, "baseline"))
-    queue = WorkQueue(ctx.redis, instrument, f"baseline-{uuid.uuid4().hex[:6]}", claim_idle_s=30, block_s=0.5,
-                      max_deliveries=3)  # fmt: skip
+    ctx = _BASELINE_CONTEXT.setdefault("ctx", ProcessingContext(settings, "baseline"))
+    contract = QueueContract.for_instrument(instrument, QueueSettings(claim_idle_s=30, max_deliveries=3))
+    queue = WorkQueue(ctx.redis, instrument, f"baseline-{uuid.uuid4().hex[:6]}", contract, block_s=0.5)
     queue.ensure_group()
     done = 0
     while done < n_visits:
@@ -96,10 +100,11 @@ class Harness:
             redis=RedisSettings(port=free_port()), kafka=KafkaSettings(port=free_port()),
             s3=S3Settings(port=free_port()), prefect=PrefectSettings(port=prefect_port),
             router=RouterSettings(http_port=0, poll_timeout_s=0.1),
-            worker=WorkerSettings(idle_timeout_s=30, claim_idle_s=60, task_retries=0, image_timeout_s=60, block_s=0.5),
+            queue=QueueSettings(claim_idle_s=60), activator=ActivatorSettings(idle_timeout_s=30, block_s=0.5),
+            visit=VisitSettings(step_retries=0, image_timeout_s=60),
             instruments={"LATISS": InstrumentSettings()}, stack=StackSettings(state_dir=state),
         )  # fmt: skip
-        os.environ |= to_env(settings)
+        os.environ |= export_env(settings, *FLOW_RUN_SECTIONS)
         Stack(settings).up()
         k = settings.kafka
         kafka.ensure_topics(k, [k.raw_notifications_topic, k.raw_dead_letter_topic, k.butler_writer_topic,

@@ -1,1 +1,2 @@
-"""Prefect flows: the activator (one warm worker per long-lived run) and process_visit (manual reruns)."""
+"""Prefect flows: ``activator`` (a warm worker: one long-lived run processing many visit-detectors) and
+``process-visit-detector`` (one visit-detector per run; deployed as ``process-visit-detector/rerun``)."""

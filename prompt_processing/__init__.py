@@ -1,1 +1,19 @@
-"""Prompt processing on Prefect: domain code shared by flows, tasks and services."""
+"""Prompt processing on Prefect: the runtime package (what production installs and runs).
+
+Subpackages, from the bottom up; each may import only those below it (checked by
+import-linter in ``make test``, see ``[tool.importlinter]`` in pyproject.toml):
+
+* ``settings`` (module): the one ``Settings`` object (``PP_*``); imports nothing of ours.
+* ``model``: what the system talks about, pure: the NextVisit event, instruments and their
+  detectors, admission rules, object-store layout, Redis/Kafka names, the error types.
+* ``imaging``: the image algorithms of the ``process`` step, pure numpy.
+* ``adapters``: the outside world: Redis streams, Kafka, S3, the Prefect API, the retry policy.
+* ``services``: long-running processes on one lifecycle: the next-visit fan-out, the arrival router.
+* ``activator``: what the activator flow runs on: its work queue and its processing context.
+* ``autoscaler``: KEDA ScaledJob semantics for the activator runs: rules, spec, measurement, loop.
+* ``cli``: the ``pp`` command.
+
+The Prefect flows and tasks live beside this package (``flows/``, ``tasks/``) and may import it.
+The embedded stack, the summit simulator and the demo live in ``pp_devkit``, which production
+code never imports.
+"""

@@ -1,19 +1,30 @@
-"""One settings object for every service and command (environment prefix ``PP_``).
+"""One settings object for every service, flow run and command (environment prefix ``PP_``).
 
-Built once in each entry point's ``main()`` and passed down; nothing here reads the
-environment at import time. Nested sections use ``__`` in environment names, e.g.
-``PP_REDIS__PORT=6379 PP_REDIS__EMBEDDED=false`` points everything at the machine's
-own Redis instead of the embedded one.
+Built once in each entry point's ``main()`` (a flow run's entry point is its flow function) and
+passed down; nothing here reads the environment at import time. Nested sections use ``__`` in
+environment names, e.g. ``PP_REDIS__PORT=6379 PP_REDIS__EMBEDDED=false`` points everything at the
+machine's own Redis instead of the embedded one.
+
+How settings reach other processes (``docs/configuration.md``): each process reads its own
+``PP_*`` environment (in production a ConfigMap and Secrets); values that several processes must
+agree on travel on purpose, the work-queue contract as a flow-run parameter
+(``model.queue_contract``), a child's overrides through ``export_env``, which never copies secrets.
+
+Renamed settings keep their old environment names for one release (``RENAMED_ENV``): the old
+name still works and warns (``FutureWarning``) with the new one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class RedisSettings(BaseModel):
@@ -119,6 +130,10 @@ class PrefectSettings(BaseModel):
         description="Embedded server's database; default SQLite under the state dir, or e.g. "
         "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect (as production).",
     )
+    work_pool: str = Field(
+        "prompt-processing",
+        description="The work pool `pp prefect-worker` serves (defined in deployments/work-pools.yaml).",
+    )
 
     @property
     def url(self) -> str:
@@ -169,7 +184,7 @@ class FanoutSettings(BaseModel):
 
 
 class RouterSettings(BaseModel):
-    """The arrival router: raw-image notifications -> presence keys and worker wake-ups."""
+    """The arrival router: raw-image notifications -> presence keys and activator wake-ups."""
 
     group_id: str = Field("pp-router", description="Kafka consumer group of the router.")
     consumer_name: str | None = Field(None, description="Name in logs and health key; default: host name.")
@@ -182,25 +197,64 @@ class RouterSettings(BaseModel):
     shutdown_deadline_s: float = Field(20.0, gt=0)
 
 
-class WorkerSettings(BaseModel):
-    """The activator flow runs (warm workers) and the process_visit steps."""
+class RetrySettings(BaseModel):
+    """The one retry policy for calls to Redis, Kafka, S3 and the Prefect API (``adapters.retry``).
 
-    work_pool: str = Field("prompt-processing", description="Prefect work pool of the activators.")
-    claim_idle_s: float = Field(30.0, gt=0, description="Pending entries idle this long are reclaimed.")
-    block_s: float = Field(1.0, gt=0, le=30, description="Longest XREADGROUP BLOCK per loop turn.")
-    idle_timeout_s: float = Field(60.0, gt=0, description="A worker with no work this long exits.")
-    max_visits: int = Field(200, ge=1, description="A worker exits after this many visits (memory hygiene).")
+    The pause after a failed try starts at ``first_delay_s`` and doubles up to ``max_delay_s``;
+    how many tries a caller makes is the caller's (a service never skips a message: it retries
+    until the call succeeds or it is asked to stop).
+    """
+
+    first_delay_s: float = Field(0.1, gt=0, le=60, description="Pause after the first failed try.")
+    max_delay_s: float = Field(2.0, gt=0, le=600, description="Longest pause between two tries.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.max_delay_s < self.first_delay_s:
+            raise ValueError(f"max_delay_s ({self.max_delay_s}) must be >= first_delay_s ({self.first_delay_s})")
+        return self
+
+
+class QueueSettings(BaseModel):
+    """The work-queue contract: what the autoscaler and every activator of an instrument agree on.
+
+    The autoscaler hands these values to the activator runs it creates (flow parameter ``queue``);
+    an activator started without that parameter reads them here.
+    """
+
+    claim_idle_s: float = Field(
+        30.0, gt=0, description="A pending entry idle this long is a dead activator's: counted and reclaimed."
+    )
     max_deliveries: int = Field(3, ge=1, description="Deliveries before an entry goes to the dead-letter stream.")
+
+
+class ActivatorSettings(BaseModel):
+    """One activator flow run (a warm worker): how it reads and when it exits."""
+
+    block_s: float = Field(1.0, gt=0, le=30, description="Longest XREADGROUP BLOCK per loop turn.")
+    idle_timeout_s: float = Field(60.0, gt=0, description="An activator with no work this long exits.")
+    max_visits: int = Field(200, ge=1, description="An activator exits after this many visits (memory hygiene).")
+
+
+class VisitSettings(BaseModel):
+    """The steps of one visit-detector (preload, wait_for_images, process, publish), wherever they run."""
+
     image_timeout_s: float = Field(
         20.0, ge=0, description="Extra wait for images beyond 2 x exposure, counted from the shutter opening."
     )
-    preload_cache_entries: int = Field(64, ge=1, description="Calibrations/templates kept in a warm worker.")
-    task_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
-    task_retry_delay_s: float = Field(0.5, ge=0)
+    preload_cache_entries: int = Field(64, ge=1, description="Calibrations/templates kept in a warm activator.")
+    step_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
+    step_retry_delay_s: float = Field(0.5, ge=0, description="Pause before a step's retry.")
+    published_ttl_s: int = Field(
+        172_800,
+        ge=60,
+        description="How long a visit-detector is remembered as published (its alerts are never sent twice "
+        "within it); at least fanout.dedup_ttl_s.",
+    )
 
 
 class AutoscalerSettings(BaseModel):
-    """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs (prompt_processing/autoscaler.py)."""
+    """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs (prompt_processing/autoscaler/)."""
 
     spec_file: Path = Field(
         Path("deployments/autoscaler.yaml"), description="ScaledJob-like specs, one per instrument."
@@ -208,38 +262,79 @@ class AutoscalerSettings(BaseModel):
     name: str | None = Field(None, description="This process's name in logs and its health key; default: host name.")
     wake_on_entries: bool = Field(
         True,
-        description="Also tick the moment entries land (a blocking XREAD on the stream tails), not only every "
+        description="Also decide the moment entries land (a blocking XREAD on the stream tails), not only every "
         "pollingInterval; false = KEDA's polling only.",
     )
     set_work_pool_limit: bool = Field(
         False,
         description="At start-up, set each work pool's concurrency limit to the sum of maxReplicaCount of the "
-        "specs whose deployments use it, so a worker never runs more, even runs created by hand.",
+        "specs whose deployments use it, so a Prefect worker never runs more, even runs created by hand.",
     )
     emit_unchanged: bool = Field(
         False,
         description="Emit a Prefect event for every decision; by default only for decisions that create runs "
         "or differ from the instrument's previous one (every decision is logged either way).",
     )
-    stale_scan_limit: int = Field(10_000, ge=1, description="Most stale pending entries counted per tick.")
+    stale_scan_limit: int = Field(10_000, ge=1, description="Most stale pending entries counted per decision.")
     create_attempts: int = Field(
-        3, ge=1, description="Tries per flow-run creation within a tick (same idempotency key each time)."
+        3, ge=1, description="Tries per flow-run creation within a decision (same idempotency key each time)."
     )
-    create_retry_delay_s: float = Field(0.2, ge=0, description="Pause between those tries.")
     prefect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Prefect API call.")
     health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the autoscaler refreshes.")
 
 
 class StackSettings(BaseModel):
-    """The embedded stack started by `pp stack up`."""
+    """The embedded stack started by `pp stack up` (dev kit only)."""
 
     state_dir: Path = Field(Path(".pp"), description="pid files, logs and data of the embedded stack.")
     start_timeout_s: float = Field(90.0, gt=0, description="Longest wait for one service to be healthy.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Wait after SIGTERM before SIGKILL.")
 
 
+DEFAULT_INSTRUMENTS = ("LSSTCam", "LATISS", "HSC")
+
+
 def _default_instruments() -> dict[str, InstrumentSettings]:
-    return {name: InstrumentSettings() for name in ("LSSTCam", "LATISS", "HSC")}
+    return {name: InstrumentSettings() for name in DEFAULT_INSTRUMENTS}
+
+
+RENAMED_ENV: dict[str, str] = {
+    "PP_WORKER__WORK_POOL": "PP_PREFECT__WORK_POOL",
+    "PP_WORKER__CLAIM_IDLE_S": "PP_QUEUE__CLAIM_IDLE_S",
+    "PP_WORKER__MAX_DELIVERIES": "PP_QUEUE__MAX_DELIVERIES",
+    "PP_WORKER__BLOCK_S": "PP_ACTIVATOR__BLOCK_S",
+    "PP_WORKER__IDLE_TIMEOUT_S": "PP_ACTIVATOR__IDLE_TIMEOUT_S",
+    "PP_WORKER__MAX_VISITS": "PP_ACTIVATOR__MAX_VISITS",
+    "PP_WORKER__IMAGE_TIMEOUT_S": "PP_VISIT__IMAGE_TIMEOUT_S",
+    "PP_WORKER__PRELOAD_CACHE_ENTRIES": "PP_VISIT__PRELOAD_CACHE_ENTRIES",
+    "PP_WORKER__TASK_RETRIES": "PP_VISIT__STEP_RETRIES",
+    "PP_WORKER__TASK_RETRY_DELAY_S": "PP_VISIT__STEP_RETRY_DELAY_S",
+    "PP_AUTOSCALER__CREATE_RETRY_DELAY_S": "PP_RETRY__FIRST_DELAY_S",
+}
+"""Old environment name -> new one. Old names work for one more release, with a FutureWarning."""
+
+
+class RenamedEnvSource(PydanticBaseSettingsSource):
+    """Reads the old names of ``RENAMED_ENV`` into their new places; a new name set too wins."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {k.upper(): v for k, v in os.environ.items() if k.upper().startswith("PP_")}
+        values: dict[str, Any] = {}
+        for old, new in RENAMED_ENV.items():
+            if old not in environ:
+                continue
+            if new in environ:
+                warnings.warn(f"{old} is ignored: {new} is set (and {old} is a deprecated name)", FutureWarning,
+                              stacklevel=2)  # fmt: skip
+                continue
+            warnings.warn(f"{old} is deprecated; use {new} (the old name goes in the next release)", FutureWarning,
+                          stacklevel=2)  # fmt: skip
+            section, field = new.removeprefix("PP_").lower().split("__")
+            values.setdefault(section, {})[field] = environ[old]
+        return values
 
 
 class Settings(BaseSettings):
@@ -251,37 +346,87 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     s3: S3Settings = S3Settings()
     prefect: PrefectSettings = PrefectSettings()
+    retry: RetrySettings = RetrySettings()
     fanout: FanoutSettings = FanoutSettings()
     router: RouterSettings = RouterSettings()
-    worker: WorkerSettings = WorkerSettings()
+    queue: QueueSettings = QueueSettings()
+    activator: ActivatorSettings = ActivatorSettings()
+    visit: VisitSettings = VisitSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     stack: StackSettings = StackSettings()
-    instruments: dict[str, InstrumentSettings] = Field(default_factory=_default_instruments)
+    instruments: dict[str, InstrumentSettings] = Field(
+        default_factory=_default_instruments,
+        description="Per-instrument detector selection. A partial value changes only the instruments it names "
+        "(the others keep their defaults); disable one with {\"HSC\": {\"enabled\": false}}.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, RenamedEnvSource(settings_cls), dotenv_settings, file_secret_settings
 
-def to_env(settings: Settings) -> dict[str, str]:
-    """The ``PP_*`` environment that rebuilds ``settings`` in a child process (a flow run, a
-    service); secrets included, so hand it only to our own processes."""
+    @field_validator("instruments", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        """Merge a partial value over the default instruments (keys matched case-insensitively)."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = dict(_default_instruments())
+        canonical = {name.lower(): name for name in merged}
+        for key, config in value.items():
+            merged[canonical.get(str(key).lower(), str(key))] = config
+        return merged
+
+    @model_validator(mode="after")
+    def _published_outlives_dedup(self) -> Settings:
+        if self.visit.published_ttl_s < self.fanout.dedup_ttl_s:
+            raise ValueError(
+                f"visit.published_ttl_s ({self.visit.published_ttl_s}) must be >= fanout.dedup_ttl_s "
+                f"({self.fanout.dedup_ttl_s}): a visit that can still be redelivered or rerun must stay marked "
+                "published, or its alerts could be sent twice"
+            )
+        return self
+
+
+FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit")
+"""The sections a flow run (activator, rerun) reads from its own environment: in production the
+work pool's job template gives them (ConfigMap and Secrets); locally the Prefect worker's environment."""
+
+
+def export_env(settings: Settings, *paths: str) -> dict[str, str]:
+    """``PP_*`` variables that give a child process these values of ``settings``, chosen on purpose.
+
+    ``paths`` name sections (``"redis"``, ``"instruments"``) or fields (``"queue.claim_idle_s"``).
+    Secret fields are never exported: a child takes credentials from its own environment or secret
+    store. ``"instruments"`` is exported whole: default instruments missing from ``settings`` are
+    exported disabled, so the child serves exactly the same ones.
+    """
     env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        key = f"PP_{name.upper()}"
-        if isinstance(value, BaseModel):
-            for field in type(value).model_fields:
-                inner = getattr(value, field)
-                if inner is not None:
-                    env[f"{key}__{field.upper()}"] = _env_value(inner)
+    for path in paths:
+        section, _, field = path.partition(".")
+        value = getattr(settings, section)
+        if section == "instruments":
+            full = {name: InstrumentSettings(enabled=False) for name in DEFAULT_INSTRUMENTS} | value
+            env["PP_INSTRUMENTS"] = json.dumps({k: v.model_dump(mode="json") for k, v in full.items()})
+        elif not isinstance(value, BaseModel):
+            env[f"PP_{section.upper()}"] = _env_value(value)
         else:
-            env[key] = _env_value(value)
+            fields = [field] if field else list(type(value).model_fields)
+            for name in fields:
+                inner = getattr(value, name)
+                if inner is not None and not isinstance(inner, SecretStr):
+                    env[f"PP_{section.upper()}__{name.upper()}"] = _env_value(inner)
     return env
 
 
 def _env_value(value: object) -> str:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
     if isinstance(value, str | Path):
         return str(value)
-    if isinstance(value, dict):
-        return json.dumps({k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in value.items()})
     return json.dumps(value)

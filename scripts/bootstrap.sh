@@ -41,4 +41,4 @@ ensure_redis
 echo "bootstrap: $("$py" -V) -> $venv" >&2
 "$py" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c requirements.lock -e '.[dev]'
+"$venv/bin/python" -m pip install -q -c requirements.lock -e '.[dev,test,bench]'

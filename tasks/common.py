@@ -8,8 +8,8 @@ from typing import Any
 from prefect import Task
 from prefect.client.schemas.objects import State, TaskRun
 
-from prompt_processing.errors import RetriableError
-from prompt_processing.settings import WorkerSettings
+from prompt_processing.model.errors import RetriableError
+from prompt_processing.settings import VisitSettings
 
 
 def retry_if_retriable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -17,12 +17,12 @@ def retry_if_retriable(task: Task[Any, Any], task_run: TaskRun, state: State[Any
     return isinstance(state.data, RetriableError)
 
 
-def with_step_options[T: Task[Any, Any]](step: T, worker: WorkerSettings) -> T:
+def with_step_options[T: Task[Any, Any]](step: T, visit: VisitSettings) -> T:
     """The step with the configured retries (only retriable errors are retried).
 
-    Built once per (step, retries, delay) and reused: a warm worker does not rebuild tasks per visit.
+    Built once per (step, retries, delay) and reused: a warm activator does not rebuild tasks per visit.
     """
-    return _configured(step, worker.task_retries, worker.task_retry_delay_s)  # type: ignore[return-value]
+    return _configured(step, visit.step_retries, visit.step_retry_delay_s)  # type: ignore[return-value]
 
 
 @functools.cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,11 +9,12 @@ import numpy.typing as npt
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_processing import layout, s3
-from prompt_processing.context import StepClock, WorkerContext
-from prompt_processing.errors import NonRetriableError
+from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.adapters import s3
 from prompt_processing.imaging.fits_io import from_fits_bytes
-from prompt_processing.imaging.synth import sky_tile
+from prompt_processing.model import layout
+from prompt_processing.model.errors import NonRetriableError
+from prompt_processing.model.layout import sky_tile
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class Calibrations:
 
 @task(name="preload", cache_policy=NO_CACHE)
 def preload(
-    ctx: WorkerContext, clock: StepClock, instrument: str, detector: int, ra_deg: float, dec_deg: float
+    ctx: ProcessingContext, clock: StepClock, instrument: str, detector: int, ra_deg: float, dec_deg: float
 ) -> Calibrations:
-    """Bias, flat and template from the central store; a warm worker reads each key once (LRU).
+    """Bias, flat and template from the central store; a warm activator reads each key once (LRU).
 
     Raises ObjectMissing (non-retriable) for a missing calibration or template, RetriableError
     when S3 fails, NonRetriableError for an unreadable file.
@@ -39,17 +39,18 @@ def preload(
         tile = sky_tile(ra_deg, dec_deg)
         keys = (layout.bias_key(instrument, detector), layout.flat_key(instrument, detector),
                 layout.template_key(instrument, tile, detector))  # fmt: skip
-        bias, flat, template = (ctx.cache.get_or_load(k, _loader(ctx, bucket, k)) for k in keys)
+        bias, flat, template = (_cached_image(ctx, bucket, k) for k in keys)
         return Calibrations(bias=bias, flat=flat, template=template, template_key=keys[2])
 
 
-def _loader(ctx: WorkerContext, bucket: str, key: str) -> Callable[[], npt.NDArray[np.float32]]:
-    def load() -> npt.NDArray[np.float32]:
+def _cached_image(ctx: ProcessingContext, bucket: str, key: str) -> npt.NDArray[np.float32]:
+    """The image at ``key``, from the run's preload cache or read (and cached) from S3."""
+    image: npt.NDArray[np.float32] | None = ctx.preload_cache.get(key)
+    if image is None:
         data = s3.get_bytes(ctx.s3, bucket, key)
         try:
             image, _header = from_fits_bytes(data)
         except ValueError as exc:
             raise NonRetriableError(f"s3://{bucket}/{key} is not a readable FITS image: {exc}") from exc
-        return image
-
-    return load
+        ctx.preload_cache[key] = image
+    return image

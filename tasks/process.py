@@ -6,10 +6,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_processing.context import StepClock
-from prompt_processing.errors import NonRetriableError
+from prompt_processing.activator.context import StepClock
 from prompt_processing.imaging.algorithms import ProcessResult, process_detector
 from prompt_processing.imaging.fits_io import from_fits_bytes
+from prompt_processing.model.errors import NonRetriableError
 from tasks.preload import Calibrations
 
 

@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_processing import layout, naming, s3
-from prompt_processing.context import StepClock, WorkerContext
-from prompt_processing.errors import RetriableError
-from prompt_processing.events import NextVisit
+from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.adapters import s3
 from prompt_processing.imaging.algorithms import ProcessResult
 from prompt_processing.imaging.catalogue import catalogue_to_arrow
 from prompt_processing.imaging.fits_io import to_fits_bytes
+from prompt_processing.model import layout, naming
+from prompt_processing.model.errors import RetriableError
+from prompt_processing.model.events import NextVisit
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,9 @@ class Published:
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(ctx: WorkerContext, clock: StepClock, visit: NextVisit, detector: int, result: ProcessResult) -> Published:
+def publish(
+    ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int, result: ProcessResult
+) -> Published:
     """Write outputs, then the Butler-writer event and the alerts (confirmed by Kafka), then the
     published marker. RetriableError if S3 or Kafka fail (nothing is marked published then)."""
     with clock.timing("publish"):
@@ -66,8 +69,8 @@ def publish(ctx: WorkerContext, clock: StepClock, visit: NextVisit, detector: in
         sent_at = time.time()
         ctx.redis.set(
             naming.published_key(instrument, group, detector),
-            json.dumps({"alerts": len(alerts), "sent_at": sent_at, "worker": ctx.name}),
-            ex=ctx.settings.fanout.dedup_ttl_s * 24,
+            json.dumps({"alerts": len(alerts), "sent_at": sent_at, "processed_by": ctx.name}),
+            ex=ctx.settings.visit.published_ttl_s,
         )
         return Published(n_alerts=len(alerts), sent_at_utc=sent_at, outputs=outputs)
 

@@ -1,10 +1,14 @@
 """One visit-detector, start to finish: preload -> wait_for_images -> process -> publish.
 
-``run_visit`` is called by the ``process-visit`` flow (manual reruns, one flow run per
-visit-detector) and, wrapped as the ``process_visit_task`` task, by the activator: inside the
-warm worker's long-lived flow run each visit-detector is one task run named
-``<instrument>-<group>-det<NNN>`` with its four steps nested under it — visible in the UI at
-task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s.
+Three names, three things:
+
+* ``run_visit_detector`` (this module): the plain function that runs the four steps.
+* the ``visit-detector`` task (``visit_detector_task``): how the activator runs it. Inside the
+  activator's long-lived flow run each visit-detector is one task run named
+  ``<instrument>-<group>-det<NNN>`` with its four steps nested under it: visible in the UI at
+  task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s.
+* the ``process-visit-detector`` flow (``flows/process_visit_detector.py``): one flow run per
+  visit-detector, deployed as ``process-visit-detector/rerun`` for manual reruns.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.events import emit_event
 from prefect.utilities.context import get_task_and_flow_run_ids
 
-from prompt_processing import naming
-from prompt_processing.context import StepClock, WorkerContext
-from prompt_processing.errors import IgnorableVisit
-from prompt_processing.events import NextVisit
+from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.model import naming
+from prompt_processing.model.errors import IgnorableVisit
+from prompt_processing.model.events import NextVisit
 from tasks.common import with_step_options
 from tasks.preload import preload
 from tasks.process import process
@@ -58,7 +62,7 @@ class VisitOutcome:
         return asdict(self) | {"overhead_s": self.overhead_s}
 
 
-def run_visit(ctx: WorkerContext, visit: NextVisit, detector: int) -> VisitOutcome:
+def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) -> VisitOutcome:
     """Process one visit-detector; never alerts twice for the same one.
 
     Returns the outcome (``ignored`` when it was already published). Raises RetriableError,
@@ -70,14 +74,14 @@ def run_visit(ctx: WorkerContext, visit: NextVisit, detector: int) -> VisitOutco
     try:
         if ctx.redis.exists(naming.published_key(visit.instrument, visit.groupId, detector)):
             raise IgnorableVisit("alerts already published for this visit-detector")
-        clock, w = StepClock(), ctx.settings.worker
+        clock, v = StepClock(), ctx.settings.visit
         label = f"{visit.instrument} {visit.groupId} det{detector:03d}"
-        calibs = with_step_options(preload, w)(ctx, clock, visit.instrument, detector, *visit.position)
-        raws = with_step_options(wait_for_images, w)(
+        calibs = with_step_options(preload, v)(ctx, clock, visit.instrument, detector, *visit.position)
+        raws = with_step_options(wait_for_images, v)(
             ctx, clock, visit.instrument, visit.groupId, detector, visit.nimages, visit.startTime, visit.duration
         )
         result = process(clock, raws.images, calibs, label)
-        published = with_step_options(publish, w)(ctx, clock, visit, detector, result)
+        published = with_step_options(publish, v)(ctx, clock, visit, detector, result)
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
         outcome.total_s = time.perf_counter() - start
@@ -90,16 +94,18 @@ def run_visit(ctx: WorkerContext, visit: NextVisit, detector: int) -> VisitOutco
     return outcome
 
 
-process_visit_task = task(
-    name="process-visit", task_run_name="{visit.instrument}-{visit.groupId}-det{detector:03d}", cache_policy=NO_CACHE
-)(run_visit)
+visit_detector_task = task(
+    name=naming.VISIT_DETECTOR_TASK,
+    task_run_name="{visit.instrument}-{visit.groupId}-det{detector:03d}",
+    cache_policy=NO_CACHE,
+)(run_visit_detector)
 
 
-def _report(ctx: WorkerContext, outcome: VisitOutcome, outputs: list[str]) -> None:
+def _report(ctx: ProcessingContext, outcome: VisitOutcome, outputs: list[str]) -> None:
     """A Prefect event, and a markdown artifact with the per-step timings on this task run.
 
-    The artifact is written by the worker's reporter thread, off the visit's critical path;
-    ``WorkerContext.close`` waits for it.
+    The artifact is written by the run's reporter thread, off the visit's critical path;
+    ``ProcessingContext.close`` waits for it.
     """
     resource = f"pp.visit.{outcome.instrument}.{outcome.group}.{outcome.detector:03d}"
     emit_event(

@@ -11,12 +11,13 @@ import redis
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from prompt_processing import naming, s3
-from prompt_processing.context import StepClock, WorkerContext
-from prompt_processing.errors import ImageTimeout, RetriableError
-from prompt_processing.events import TAI_MINUS_UTC_S
+from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.adapters import s3
+from prompt_processing.model import naming
+from prompt_processing.model.errors import ImageTimeout, RetriableError
+from prompt_processing.model.events import TAI_MINUS_UTC_S
 
-_BLPOP_SLICE_S = 1.0  # so a stopping worker notices within a second
+_BLPOP_SLICE_S = 1.0  # so a stopping activator notices within a second
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RawImages:
 
 @task(name="wait_for_images", cache_policy=NO_CACHE)
 def wait_for_images(
-    ctx: WorkerContext, clock: StepClock, instrument: str, group: str, detector: int,
+    ctx: ProcessingContext, clock: StepClock, instrument: str, group: str, detector: int,
     nimages: int, start_time_tai: float, duration_s: float,
 ) -> RawImages:  # fmt: skip
     """Presence first (landed before we looked), then a blocking wait on the router's arrival
@@ -36,7 +37,7 @@ def wait_for_images(
     after the shutter opens (or after now, if that is later): ImageTimeout (non-retriable) names
     the visit, detector and snap. Redis or S3 failures are RetriableError.
     """
-    timeout_s = 2 * duration_s + ctx.settings.worker.image_timeout_s
+    timeout_s = 2 * duration_s + ctx.settings.visit.image_timeout_s
     deadline = max(time.time(), start_time_tai - TAI_MINUS_UTC_S) + timeout_s
     images, landed, waited_s = [], [], 0.0
     for snap in range(max(nimages, 1)):
@@ -56,7 +57,7 @@ def wait_for_images(
 
 
 def _await_presence(
-    ctx: WorkerContext, instrument: str, group: str, snap: int, detector: int, deadline: float
+    ctx: ProcessingContext, instrument: str, group: str, snap: int, detector: int, deadline: float
 ) -> dict[str, Any] | None:
     presence = naming.presence_key(instrument, group, snap, detector)
     arrivals = naming.arrivals_key(instrument, group, snap, detector)
@@ -69,7 +70,7 @@ def _await_presence(
             if remaining_s <= 0:
                 return None
             if ctx.stopping.is_set():
-                raise RetriableError(f"worker {ctx.name} is stopping; visit {group} detector {detector} handed back")
+                raise RetriableError(f"activator {ctx.name} is stopping; visit {group} detector {detector} handed back")
             ctx.redis.blpop([arrivals], timeout=min(remaining_s, _BLPOP_SLICE_S))
     except redis.RedisError as exc:
         raise RetriableError(f"redis while waiting for {presence}: {exc}") from exc

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from prompt_processing.kafka import ensure_topics
+from pp_devkit.stack import Stack, free_port
+from prompt_processing.adapters.kafka import ensure_topics
 from prompt_processing.settings import (
     FanoutSettings,
     InstrumentSettings,
@@ -28,7 +29,6 @@ from prompt_processing.settings import (
     Settings,
     StackSettings,
 )
-from prompt_processing.stack import Stack, free_port
 
 for _name in [n for n in os.environ if n.startswith(("PP_", "PREFECT_"))]:
     del os.environ[_name]  # a developer's PP_* or Prefect profile must not leak into the tests
@@ -62,7 +62,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 
 
 @pytest.fixture(scope="session")
-def prefect_api(stack_settings: Settings) -> str:
+def prefect_server(stack_settings: Settings) -> str:
     """The session's Prefect server (started on first use, ~20 s), as its API URL."""
     Stack(stack_settings).up(["prefect"])
     return stack_settings.prefect.url

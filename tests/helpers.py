@@ -13,12 +13,17 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from prompt_processing import kafka
-from prompt_processing.fanout import FanOutService
-from prompt_processing.instruments import get_instrument
-from prompt_processing.service import KafkaService
-from prompt_processing.settings import Settings
-from prompt_processing.sim import next_visit_message, plan_visits
+from pp_devkit.sim import next_visit_message, plan_visits
+from prompt_processing.adapters import kafka
+from prompt_processing.model.instruments import get_instrument
+from prompt_processing.services.fanout import FanOutService
+from prompt_processing.services.kafka_service import KafkaService
+from prompt_processing.settings import FLOW_RUN_SECTIONS, Settings, export_env
+
+
+def flow_run_env(settings: Settings) -> dict[str, str]:
+    """The PP_* variables that give a flow run (in this process or a child) the test's settings."""
+    return export_env(settings, *FLOW_RUN_SECTIONS)
 
 
 def visit_body(instrument: str, group_id: str, **changes: Any) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from prompt_processing.admission import DeadLetterKind, Rejected, admit
-from prompt_processing.events import TAI_MINUS_UTC_S
+from prompt_processing.model.admission import DeadLetterKind, Rejected, admit
+from prompt_processing.model.events import TAI_MINUS_UTC_S
 
 NOW_UTC_S = 1_800_000_000.0
 ACTIVE = {"LSSTCam": (1, 2, 3), "LATISS": (0,)}

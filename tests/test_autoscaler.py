@@ -1,6 +1,6 @@
-"""The autoscaler on real Redis and the real Prefect server (and, in one test, a real worker).
+"""The autoscaler on real Redis and the real Prefect server (and, in one test, a real Prefect worker).
 
-Counting tests give every test its own work pool (no worker polls it) and its own copy of the
+Counting tests give every test its own work pool (no Prefect worker polls it) and its own copy of the
 activator deployment, so the runs the autoscaler creates stay Scheduled and the counts are
 exactly what KEDA's formulas say. Runs, deployments and pools are deleted afterwards.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -30,29 +29,31 @@ from prefect.client.schemas.filters import FlowRunFilterDeploymentId as RunsOfDe
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from prompt_processing import deploy, naming, s3
-from prompt_processing.autoscaler import EVENT_NAME, Autoscaler, ScaleRecord
-from prompt_processing.autoscaler_metrics import QueueMetrics, measure_queue
-from prompt_processing.autoscaler_spec import ScaledJobSpec, SpecError, load_specs, parse_specs
-from prompt_processing.events import TAI_MINUS_UTC_S, FanOutEntry, NextVisit
-from prompt_processing.instruments import LATISS
-from prompt_processing.night import NightPlan, seed_central_store, upload_raw
-from prompt_processing.resp import RespConnection
-from prompt_processing.router import RouterService
+from pp_devkit.night import NightPlan, seed_central_store, upload_raw
+from pp_devkit.sim import plan_visits
+from pp_devkit.stack import free_port
+from prompt_processing.activator.queue import read_results
+from prompt_processing.adapters import prefect_api, s3
+from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.autoscaler.loop import EVENT_NAME, Autoscaler, ScaleRecord
+from prompt_processing.autoscaler.metrics import QueueMetrics, measure_queue
+from prompt_processing.autoscaler.spec import ScaledJobSpec, SpecError, load_specs, parse_specs
+from prompt_processing.model import naming
+from prompt_processing.model.events import TAI_MINUS_UTC_S, FanOutEntry, NextVisit
+from prompt_processing.model.instruments import LATISS
+from prompt_processing.services.router import RouterService
 from prompt_processing.settings import (
+    ActivatorSettings,
     AutoscalerSettings,
     InstrumentSettings,
     PrefectSettings,
+    QueueSettings,
     RedisSettings,
     Settings,
-    WorkerSettings,
-    to_env,
+    VisitSettings,
 )
-from prompt_processing.sim import plan_visits
-from prompt_processing.stack import free_port
-from prompt_processing.streams import StreamFanOut
-from prompt_processing.work import read_results
-from tests.helpers import Running, visit_body, wait_for
+from tests.helpers import Running, flow_run_env, visit_body, wait_for
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,9 +62,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def base_deployment(stack_settings: Settings, prefect_api: str) -> DeploymentResponse:
+def base_deployment(stack_settings: Settings, prefect_server: str) -> DeploymentResponse:
     """The project's deployments registered once (`prefect deploy --all`); the activator's returned."""
-    deploy.deploy_all(stack_settings, log=stack_settings.stack.state_dir / "deploy-autoscaler-tests.log")
+    log = stack_settings.stack.state_dir / "deploy-autoscaler-tests.log"
+    prefect_api.deploy_all(stack_settings, PROJECT_DIR, log=log)
     with get_client(sync_client=True) as client:
         return client.read_deployment_by_name("activator/activator-latiss")
 
@@ -234,7 +236,7 @@ def test_queue_metrics_missing_stream_and_group_are_zero(redis_client: redis.Red
     assert measure() == QueueMetrics(lag=0, pending=0, stream_length=1, stale_pending=0, tail_id=newest)
 
 
-def test_queue_metrics_count_a_dead_workers_stale_entries(redis_client: redis.Redis) -> None:
+def test_queue_metrics_count_a_dead_activators_stale_entries(redis_client: redis.Redis) -> None:
     stream, group = "instrument:metrics", "metrics_group"
     redis_client.xgroup_create(stream, group, id="$", mkstream=True)
     ids = [redis_client.xadd(stream, {"n": str(i)}).decode() for i in range(5)]  # type: ignore[union-attr]
@@ -252,7 +254,7 @@ def test_queue_metrics_count_a_dead_workers_stale_entries(redis_client: redis.Re
     assert (counted.lag, counted.lag_counted) == (2, True)
 
 
-# -- decisions against Prefect (no worker: runs stay Scheduled) ----------------------------------
+# -- decisions against Prefect (no Prefect worker: runs stay Scheduled) ----------------------------
 
 
 @pytest.mark.parametrize(("detectors", "max_replicas"), [(4, 10), (6, 4)])
@@ -270,10 +272,12 @@ def test_from_zero_runs_eager_creates_min_of_entries_and_max(
     runs = scaled.runs(deployment)
     assert sorted(str(r.id) for r in runs) == sorted(record.created)
     assert all(r.state.is_scheduled() and {"autoscaler", "instrument:LSSTCam"} <= set(r.tags) for r in runs)
-    assert all(r.parameters == {"instrument": "LSSTCam"} for r in runs)
+    queue = {"stream": "instrument:lsstcam", "consumer_group": "lsstcam_consumer_group",
+             "claim_idle_s": settings.queue.claim_idle_s, "max_deliveries": settings.queue.max_deliveries}  # fmt: skip
+    assert all(r.parameters == {"instrument": "LSSTCam", "queue": queue} for r in runs)
 
 
-# KEDA's formulas with 4 entries waiting, max 10 and runs that never start (no worker):
+# KEDA's formulas with 4 entries waiting, max 10 and runs that never start (no Prefect worker):
 #   eager    min(maxRC - R - P, M): 4 -> R=P=4: 10-8=2 -> R=P=6: <0 -> 0
 #   accurate M - P while M + R - P <= maxRC: 4 -> 4-4=0 ...
 #   default  M - R: 4 -> 0 ...
@@ -314,10 +318,10 @@ def test_a_retried_creation_gets_the_same_runs(settings: Settings, redis_client:
     deployment = scaled.add_deployment("LSSTCam")
     job = spec("LSSTCam", deployment)
     with started(Autoscaler(settings, [job])) as autoscaler:
-        target = autoscaler._target(job)
-        first, _ = autoscaler._create_runs(job, target, 3, tick=7)
-        again, _ = autoscaler._create_runs(job, target, 3, tick=7)  # the same tick, retried
-        other, _ = autoscaler._create_runs(job, target, 1, tick=8)
+        target, contract = autoscaler._target(job), autoscaler.contract(job)
+        first, _ = autoscaler._create_runs(job, target, contract, 3, decision_no=7)
+        again, _ = autoscaler._create_runs(job, target, contract, 3, decision_no=7)  # the same decision, retried
+        other, _ = autoscaler._create_runs(job, target, contract, 1, decision_no=8)
     assert first == again and len(set(first)) == 3
     assert len(scaled.runs(deployment)) == 4 and other[0] not in first
 
@@ -333,13 +337,32 @@ def test_decision_is_emitted_as_a_prefect_event(settings: Settings, redis_client
                          resource=EventResourceFilter(id=["pp.autoscaler.hsc"]))  # fmt: skip
 
     def emitted() -> list[Any]:
-        return [e for e in scaled.client.read_events(wanted, limit=50).events if e.payload.get("tick") == record.tick
+        events = scaled.client.read_events(wanted, limit=50).events
+        return [e for e in events if e.payload.get("decision_no") == record.decision_no
                 and e.payload.get("created_run_ids") == record.created]  # fmt: skip
 
     wait_for(lambda: bool(emitted()), timeout_s=20, what="the decision event")
     (event,) = emitted()
     assert (event.payload["queue_length"], event.payload["running_jobs"], event.payload["new_jobs"]) == (3, 0, 2)
     assert event.payload["strategy"] == "eager" and event.payload["metric"] == "lagCount"
+
+
+def test_created_runs_carry_the_queue_contract_the_autoscaler_measured_with(
+    settings: Settings, redis_client: redis.Redis, scaled: Scaled
+) -> None:
+    """The stale entries the autoscaler counts are the ones its runs reclaim: same stream, group and
+    claim_idle_s, handed over as the `queue` parameter (the deployment's own parameters are kept)."""
+    settings = settings.model_copy(update={"queue": QueueSettings(claim_idle_s=7.5, max_deliveries=5)})
+    deployment = scaled.add_deployment("HSC")
+    job = spec("HSC", deployment, maxReplicaCount=1, parameters={"max_visits": 3})
+    announce(settings, "HSC", "visit-contract", (0,))
+    with started(Autoscaler(settings, [job])) as autoscaler:
+        record = autoscaler.scale(job)
+    assert record is not None and len(record.created) == 1
+    run = scaled.client.read_flow_run(record.created[0])
+    assert run.parameters["queue"] == {"stream": "instrument:hsc", "consumer_group": "hsc_consumer_group",
+                                       "claim_idle_s": 7.5, "max_deliveries": 5}  # fmt: skip
+    assert (run.parameters["instrument"], run.parameters["max_visits"]) == ("HSC", 3)
 
 
 def test_work_pool_limit_is_the_sum_of_max_replicas(settings: Settings, redis_client: redis.Redis,
@@ -380,30 +403,29 @@ def test_new_entries_wake_it_long_before_the_polling_interval(
     deployment = scaled.add_deployment("LSSTCam")
     job = spec("LSSTCam", deployment, pollingInterval=30, maxReplicaCount=2)
     with looping(Autoscaler(settings, [job])) as autoscaler:
-        wait_for(lambda: autoscaler.ticks >= 1, what="the first poll")
+        wait_for(lambda: autoscaler.decisions_made >= 1, what="the first poll")
         time.sleep(0.2)  # now blocked in XREAD until the next poll, 30 s away
-        announced_at = time.monotonic()
         announce(settings, "LSSTCam", "visit-4", (1, 2, 3))
+        # Well within the 30 s to the next poll (how soon is BENCHMARKS.md's job, not a test's).
         wait_for(lambda: len(scaled.runs(deployment)) == 2, timeout_s=10, what="runs")
-        reaction_s = time.monotonic() - announced_at
         record = autoscaler.last["LSSTCam"]
-    assert reaction_s < 2.0, reaction_s
     assert (record.woken_by, record.queue.lag, len(record.created)) == ("entries", 3, 2)
 
 
-# -- with a real worker: runs start, work, exit when idle ----------------------------------------
+# -- with a real Prefect worker: runs start, work, exit when idle --------------------------------
 
 
 @pytest.fixture
 def latiss_world(settings: Settings, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """LATISS with short worker timeouts, a seeded central store and the arrival router running."""
+    """LATISS with short activator timeouts, a seeded central store and the arrival router running."""
     settings = settings.model_copy(update={
         "instruments": {"LATISS": InstrumentSettings()},
-        "worker": WorkerSettings(claim_idle_s=2.0, idle_timeout_s=3.0, image_timeout_s=2.0, block_s=0.2,
-                                 task_retries=0),
+        "queue": QueueSettings(claim_idle_s=2.0),
+        "activator": ActivatorSettings(idle_timeout_s=3.0, block_s=0.2),
+        "visit": VisitSettings(image_timeout_s=2.0, step_retries=0),
     })  # fmt: skip
-    for name, value in to_env(settings).items():
-        monkeypatch.setenv(name, value)  # what the flow runs' Settings() read (through the worker's environment)
+    for name, value in flow_run_env(settings).items():
+        monkeypatch.setenv(name, value)  # what flow runs read (via the Prefect worker)
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (128, 128), 4)
     client = s3.make_client(settings.s3)
     s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
@@ -420,7 +442,7 @@ def _visit_now(group: str) -> dict[str, Any]:
 
 
 def _land(settings: Settings, body: dict[str, Any]) -> None:
-    from prompt_processing import kafka
+    from prompt_processing.adapters import kafka
 
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (128, 128), 4)
     producer, client = kafka.make_producer(settings.kafka), s3.make_client(settings.s3)
@@ -435,20 +457,22 @@ def _decisions(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(150)
-def test_runs_do_the_work_exit_when_idle_and_a_dead_workers_entry_gets_a_run(
+def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
     latiss_world: Settings, scaled: Scaled, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``default`` strategy, min 0, max 2: it never creates a run for a run that is starting,
     so the counts are exact (eager's extra runs while one starts are pinned above)."""
-    worker_settings = latiss_world.worker.model_copy(update={"work_pool": scaled.pool})
-    settings = latiss_world.model_copy(update={"worker": worker_settings})
+    prefect = latiss_world.prefect.model_copy(update={"work_pool": scaled.pool})
+    settings = latiss_world.model_copy(update={"prefect": prefect})
     deployment = scaled.add_deployment("LATISS")
     job = spec("LATISS", deployment, scalingStrategy="default", minReplicaCount=0, maxReplicaCount=2,
                pollingInterval=0.5)  # fmt: skip
     caplog.set_level(logging.DEBUG, logger="prompt_processing.autoscaler")
-    env = os.environ | to_env(settings) | deploy.prefect_env(settings) | {"PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env = prefect_api.prefect_env(settings) | {"PREFECT_WORKER_QUERY_SECONDS": "1"}  # flow_run_env is in os.environ
     worker_log = (settings.stack.state_dir / f"worker-{scaled.pool}.log").open("wb")
-    worker = subprocess.Popen(deploy.worker_command(settings), env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        prefect_api.prefect_worker_command(settings), env=env, stdout=worker_log, stderr=subprocess.STDOUT
+    )
     client = redis.Redis.from_url(settings.redis.url)
     try:
         with looping(Autoscaler(settings, [job])):
@@ -465,13 +489,13 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_workers_entry_gets_a_run(
             assert len(scaled.runs(deployment)) == 2
             assert all(r.state.is_completed() for r in scaled.runs(deployment))
 
-            # 2. A worker takes an entry and dies: lag 0, nothing to do for KEDA. Once the entry
+            # 2. An activator takes an entry and dies: lag 0, nothing to do for KEDA. Once the entry
             # is idle for claim_idle_s (2 s) it counts, and the new run reclaims and completes it.
             body = _visit_now("orphaned")
             entry = FanOutEntry(visit=NextVisit.from_json(json.dumps(body)), detector=0)
             pipe = client.pipeline(transaction=True)
             pipe.xadd(naming.stream_name("LATISS"), entry.to_fields())  # type: ignore[arg-type]
-            pipe.xreadgroup(naming.consumer_group("LATISS"), "dead-worker", {naming.stream_name("LATISS"): ">"}, 1)
+            pipe.xreadgroup(naming.consumer_group("LATISS"), "dead-activator", {naming.stream_name("LATISS"): ">"}, 1)
             pipe.execute()
             _land(settings, body)
             time.sleep(1.0)
@@ -486,7 +510,7 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_workers_entry_gets_a_run(
     results = {r["group"]: r for r in read_results(redis.Redis.from_url(settings.redis.url), "LATISS")}
     assert {g: r["status"] for g, r in results.items()} == {"busy-1": "succeeded", "busy-2": "succeeded",
                                                           "orphaned": "succeeded"}  # fmt: skip
-    assert results["orphaned"]["deliveries"] == "2"  # reclaimed from the dead worker
+    assert results["orphaned"]["deliveries"] == "2"  # reclaimed from the dead activator
     assert len(scaled.runs(deployment)) == 3
     decisions = _decisions(caplog)
     assert sum(d["created"] for d in decisions) == 3

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prompt_processing.events import EventError, FanOutEntry, NextVisit
+from prompt_processing.model.events import EventError, FanOutEntry, NextVisit
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)

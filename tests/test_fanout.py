@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import redis
 from confluent_kafka import TopicPartition
 
-from prompt_processing import kafka, naming
-from prompt_processing.events import FanOutEntry, NextVisit
-from prompt_processing.fanout import FanOutService
-from prompt_processing.instruments import LSSTCAM_PRODUCTION_DISABLED
+from prompt_processing.adapters import kafka
+from prompt_processing.model import naming
+from prompt_processing.model.events import FanOutEntry, NextVisit
+from prompt_processing.model.instruments import LSSTCAM_PRODUCTION_DISABLED
+from prompt_processing.services.fanout import FanOutService, LatencyWindow
 from prompt_processing.settings import Settings
 from tests.helpers import RunningFanOut, consume_all, produce, visit_body, wait_for
 
@@ -170,3 +172,13 @@ def test_process_killed_restarted_then_terminated(settings: Settings, redis_clie
             proc.kill()
     assert redis_client.get(health_key) is None  # a clean exit removes its health record
     assert _committed_offset(settings) == 3
+
+
+def test_latency_window_keeps_the_last_samples_and_interpolates_like_numpy() -> None:
+    window = LatencyWindow(4)
+    assert (len(window), window.percentiles(50, 99)) == (0, [None, None])
+    for value in (100.0, 1.0, 2.0, 3.0, 4.0):  # 100 falls out of a window of four
+        window.append(value)
+    assert len(window) == 4
+    assert window.percentiles(0, 50, 100) == [1.0, 2.5, 4.0]
+    assert window.percentiles(99) == [float(np.percentile([1.0, 2.0, 3.0, 4.0], 99))]

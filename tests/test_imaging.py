@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prompt_processing.imaging import synth
+from pp_devkit import synth
+from pp_devkit.synth import Transient
 from prompt_processing.imaging.algorithms import (
     ProcessResult,
     background,
@@ -37,7 +38,6 @@ from prompt_processing.imaging.psf import (
     gaussian_kernel_1d,
     sigma_from_fwhm,
 )
-from prompt_processing.imaging.synth import Transient
 
 INSTRUMENT, DETECTOR = "LSSTCam", 94
 
@@ -128,7 +128,7 @@ def test_process_detector_leaves_its_inputs_alone() -> None:
     copies = {name: np.array(getattr(v, name), copy=True) for name in names}
     v.process()
     for name, before in copies.items():
-        assert np.array_equal(before, getattr(v, name)), name  # the worker caches calibrations
+        assert np.array_equal(before, getattr(v, name)), name  # the activator caches calibrations
 
 
 @pytest.mark.timeout(120)
@@ -202,28 +202,6 @@ def test_transients_avoid_stars_and_edges() -> None:
         assert min_separation_px <= t.x_px <= shape_px[1] - min_separation_px
     with pytest.raises(ValueError, match="cannot place 5000 isolated transients"):
         synth.raw_image(instrument="HSC", detector=1, tile="t9", group_id="g", n_transients=5000)
-
-
-@pytest.mark.parametrize(
-    ("ra_deg", "dec_deg", "tile"),
-    [(10.0, -30.0, "t060-0008"), (370.0, -30.0, "t060-0008"), (-350.0, -30.0, "t060-0008"),
-     (0.0, 90.0, "t179-0000"), (359.999, -90.0, "t000-0002"), (0.0, 0.0, "t090-0000")],
-)  # fmt: skip
-def test_sky_tile_is_a_pure_function_of_the_pointing(ra_deg: float, dec_deg: float, tile: str) -> None:
-    assert synth.sky_tile(ra_deg, dec_deg) == tile
-
-
-@given(st.floats(0, 359.999), st.floats(-85.0, 85.0))  # poles and RA 360 are in the table above
-def test_sky_tiles_are_about_a_degree_across(ra_deg: float, dec_deg: float) -> None:
-    tile = synth.sky_tile(ra_deg, dec_deg)
-    assert synth.sky_tile(ra_deg + 360.0, dec_deg) == tile
-    assert synth.sky_tile((ra_deg + 1.5 / math.cos(math.radians(abs(dec_deg) + 1))) % 360, dec_deg) != tile
-
-
-@pytest.mark.parametrize(("ra_deg", "dec_deg"), [(0.0, 90.5), (math.nan, 0.0), (0.0, math.inf)])
-def test_sky_tile_rejects_impossible_pointings(ra_deg: float, dec_deg: float) -> None:
-    with pytest.raises(ValueError, match="invalid pointing"):
-        synth.sky_tile(ra_deg, dec_deg)
 
 
 # --- FITS -------------------------------------------------------------------------------

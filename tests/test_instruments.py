@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prompt_processing.instruments import (
+from prompt_processing.model.instruments import (
     HSC,
     LATISS,
     LSSTCAM,

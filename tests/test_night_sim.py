@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.night_sim import SECTION, NightConfig, main, plan_night, replace_section, simulate
-from prompt_processing.scaling import KNOWN_STRATEGIES
+from prompt_processing.autoscaler.rules import KNOWN_STRATEGIES
 
 TINY = NightConfig(n_visits=5, detectors=4, min_replicas=1, max_replicas=50, seed=7)
 

@@ -1,4 +1,4 @@
-"""Workers end to end on the real stack: Redis, the Kafka-protocol broker, moto S3, Prefect server.
+"""Activators end to end on the real stack: Redis, the Kafka-protocol broker, moto S3, Prefect server.
 
 The fan-out and the router run in threads; activators run as real Prefect flow runs (in a
 thread, or in a child process where a test kills one). Most tests put the work entry in the
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,17 +26,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from flows.activator import activator
-from prompt_processing import deploy, kafka, naming, s3
-from prompt_processing.events import TAI_MINUS_UTC_S, NextVisit
-from prompt_processing.instruments import LATISS
-from prompt_processing.night import NightPlan, run_night, seed_central_store, upload_raw
-from prompt_processing.resp import RespConnection
-from prompt_processing.router import RouterService
-from prompt_processing.settings import InstrumentSettings, Settings, WorkerSettings, to_env
-from prompt_processing.sim import plan_visits
-from prompt_processing.streams import StreamFanOut
-from prompt_processing.work import read_results
-from tests.helpers import Running, RunningFanOut, consume_all, visit_body, wait_for
+from pp_devkit.night import NightPlan, run_night, seed_central_store, upload_raw
+from pp_devkit.sim import plan_visits
+from prompt_processing.activator.queue import read_results
+from prompt_processing.adapters import kafka, prefect_api, s3
+from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.model import naming
+from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
+from prompt_processing.model.instruments import LATISS
+from prompt_processing.services.router import RouterService
+from prompt_processing.settings import ActivatorSettings, InstrumentSettings, QueueSettings, Settings, VisitSettings
+from tests.helpers import Running, RunningFanOut, consume_all, flow_run_env, visit_body, wait_for
 
 SHAPE_PX = (128, 128)
 
@@ -84,14 +86,15 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(
-    settings: Settings, redis_client: redis.Redis, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, redis_client: redis.Redis, prefect_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pipeline]:
     settings = settings.model_copy(update={
         "instruments": {"LATISS": InstrumentSettings()},
-        "worker": WorkerSettings(claim_idle_s=1.0, idle_timeout_s=4.0, image_timeout_s=2.0, block_s=0.2,
-                                 task_retries=0),
+        "queue": QueueSettings(claim_idle_s=1.0),
+        "activator": ActivatorSettings(idle_timeout_s=4.0, block_s=0.2),
+        "visit": VisitSettings(image_timeout_s=2.0, step_retries=0),
     })  # fmt: skip
-    for name, value in to_env(settings).items():
+    for name, value in flow_run_env(settings).items():
         monkeypatch.setenv(name, value)  # what the flow runs' Settings() will read
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, SHAPE_PX, 4)
     client = s3.make_client(settings.s3)
@@ -130,7 +133,7 @@ def test_one_visit_end_to_end_from_the_simulator(pipeline: Pipeline) -> None:
     assert json.loads(event.value())["type"] == "pp-output"
 
 
-def test_image_already_there_before_the_worker_starts(pipeline: Pipeline) -> None:
+def test_image_already_there_before_the_activator_starts(pipeline: Pipeline) -> None:
     body = pipeline.announce("early-image")
     pipeline.land(body)
     wait_for(lambda: pipeline.redis.exists(naming.presence_key("LATISS", "early-image", 0, 0)) == 1, what="presence")
@@ -170,13 +173,13 @@ def test_corrupt_fits_is_a_non_retriable_failure(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_killed_worker_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipeline) -> None:
-    body = pipeline.announce("killed", duration_s=30.0)  # the first worker will wait for this image
+def test_killed_activator_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipeline) -> None:
+    body = pipeline.announce("killed", duration_s=30.0)  # the first activator will wait for this image
     code = "from flows.activator import activator; activator('LATISS', idle_timeout_s=60)"
     doomed = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
     try:
         stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
-        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=60, what="first worker")
+        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=60, what="first activator")
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(10)
     finally:
@@ -201,10 +204,11 @@ def test_manual_rerun_through_the_deployment_succeeds(pipeline: Pipeline) -> Non
     assert counts["failed"] == 1  # the image never came
     pipeline.land(pipeline_body := json.loads(pipeline.redis.get(naming.visit_key("LATISS", "rerun-me")) or b"{}"))
     assert pipeline_body["groupId"] == "rerun-me"
-    deploy.deploy_all(pipeline.settings)
-    worker = subprocess.Popen(deploy.worker_command(pipeline.settings), env=deploy.prefect_env(pipeline.settings))
+    prefect_api.deploy_all(pipeline.settings, Path.cwd())
+    worker_command = prefect_api.prefect_worker_command(pipeline.settings)
+    worker = subprocess.Popen(worker_command, env=prefect_api.prefect_env(pipeline.settings))
     try:
-        run_id = deploy.run_deployment(pipeline.settings, "process-visit/process-visit",
+        run_id = prefect_api.run_deployment(pipeline.settings, naming.RERUN_DEPLOYMENT,
                                        {"instrument": "LATISS", "group": "rerun-me", "detector": 0})  # fmt: skip
         with get_client(sync_client=True) as client:
             wait_for(lambda: _final(client.read_flow_run(run_id)), timeout_s=150, what="the rerun to finish")

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import redis
 
-from prompt_processing import kafka, layout, naming, s3
-from prompt_processing.instruments import LSSTCAM
-from prompt_processing.night import s3_notification
-from prompt_processing.router import BadNotification, RouterService, parse_notification
+from pp_devkit.night import s3_notification
+from prompt_processing.adapters import kafka, s3
+from prompt_processing.model import layout, naming
+from prompt_processing.model.instruments import LSSTCAM
+from prompt_processing.services.router import BadNotification, RouterService, parse_notification
 from prompt_processing.settings import Settings
 from tests.helpers import Running, consume_all, wait_for
 
@@ -63,7 +64,7 @@ def test_sidecar_records_presence_wakes_the_waiter_and_serves_http(
         waiter.join(30)
         presence = redis_client.get(naming.presence_key("LSSTCam", "2026-11-28T01:02:03.456", 0, 94))
         assert presence is not None and json.loads(presence)["key"] == RAW
-        assert woke and json.loads(woke[0][1])["key"] == RAW  # the blocked worker was woken
+        assert woke and json.loads(woke[0][1])["key"] == RAW  # the blocked activator was woken
         status, body = _get(f"{router.http_address}/presence/LSSTCam/2026-11-28T01:02:03.456/0/94")
         assert (status, body["key"], body["bucket"]) == (200, RAW, bucket)
         assert _get(f"{router.http_address}/presence/LSSTCam/2026-11-28T01:02:03.456/1/94")[0] == 404

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prompt_processing.scaling import (
+from prompt_processing.autoscaler.rules import (
     KNOWN_STRATEGIES,
     Decision,
     decide,

@@ -1,26 +1,108 @@
+"""Settings: environment names, renamed names, partial instrument overrides, what children get."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from prompt_processing.settings import InstrumentSettings, RedisSettings, Settings, WorkerSettings, to_env
+from prompt_processing.model.instruments import active_detector_table
+from prompt_processing.settings import (
+    RENAMED_ENV,
+    ActivatorSettings,
+    InstrumentSettings,
+    QueueSettings,
+    RedisSettings,
+    Settings,
+    VisitSettings,
+    export_env,
+)
 
 
-def test_to_env_rebuilds_the_same_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(
-        redis=RedisSettings(port=1234, password="s3cret"),
-        worker=WorkerSettings(claim_idle_s=2.5),
-        instruments={"LATISS": InstrumentSettings(only_detectors=[0])},
-        log_level="DEBUG",
-    )
-    env = to_env(settings)
-    assert env["PP_REDIS__PASSWORD"] == "s3cret"
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.startswith("PP_")]:
         monkeypatch.delenv(name)
-    for name, value in env.items():
+
+
+def test_exported_sections_rebuild_the_same_values_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        redis=RedisSettings(port=1234, db=3),
+        queue=QueueSettings(claim_idle_s=2.5, max_deliveries=7),
+        activator=ActivatorSettings(idle_timeout_s=9.0),
+        instruments={"LATISS": InstrumentSettings(only_detectors=[0])},
+    )
+    for name, value in export_env(settings, "redis", "queue", "activator", "instruments").items():
         monkeypatch.setenv(name, value)
-    assert Settings() == settings
+    child = Settings()
+    assert (child.redis, child.queue, child.activator) == (settings.redis, settings.queue, settings.activator)
+    assert child.instruments == settings.instruments
+    assert child.visit == VisitSettings()  # not exported: the child's own default
+
+
+def test_export_names_single_fields_and_never_copies_secrets() -> None:
+    settings = Settings(redis=RedisSettings(password="s3cret"), queue=QueueSettings(claim_idle_s=4.0))
+    env = export_env(settings, "redis", "s3", "queue.claim_idle_s")
+    assert "PP_REDIS__PASSWORD" not in env and "PP_S3__SECRET_ACCESS_KEY" not in env
+    assert "s3cret" not in "".join(env.values())
+    assert env["PP_QUEUE__CLAIM_IDLE_S"] == "4.0" and "PP_QUEUE__MAX_DELIVERIES" not in env
+
+
+def test_an_exported_subset_of_instruments_disables_the_others_in_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    narrowed = Settings().model_copy(update={"instruments": {"LSSTCam": InstrumentSettings(only_detectors=[94])}})
+    for name, value in export_env(narrowed, "instruments").items():
+        monkeypatch.setenv(name, value)
+    assert active_detector_table(Settings().instruments) == {"LSSTCam": (94,)}
+
+
+def test_a_partial_instruments_override_changes_only_the_instruments_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_INSTRUMENTS", '{"LSSTCam": {"disabled_detectors": "production"}}')
+    table = active_detector_table(Settings().instruments)
+    assert set(table) == {"LSSTCam", "LATISS", "HSC"}
+    assert (len(table["LSSTCam"]), len(table["LATISS"]), len(table["HSC"])) == (172, 1, 104)
+
+
+def test_nested_instrument_variables_and_disabling_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_INSTRUMENTS__HSC__ENABLED", "false")
+    monkeypatch.setenv("PP_INSTRUMENTS__LATISS__ONLY_DETECTORS", "[0]")
+    instruments = Settings().instruments
+    assert sorted(instruments) == ["HSC", "LATISS", "LSSTCam"]  # env names are lower-case; keys stay canonical
+    assert active_detector_table(instruments) == {"LSSTCam": tuple(range(189)), "LATISS": (0,)}
+
+
+def test_old_worker_names_still_work_and_warn_with_the_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_WORKER__CLAIM_IDLE_S", "12.5")
+    monkeypatch.setenv("PP_WORKER__TASK_RETRIES", "0")
+    monkeypatch.setenv("PP_WORKER__WORK_POOL", "old-pool")
+    with pytest.warns(FutureWarning) as warned:
+        settings = Settings()
+    assert sorted(str(w.message).split(" (")[0] for w in warned) == [
+        "PP_WORKER__CLAIM_IDLE_S is deprecated; use PP_QUEUE__CLAIM_IDLE_S",
+        "PP_WORKER__TASK_RETRIES is deprecated; use PP_VISIT__STEP_RETRIES",
+        "PP_WORKER__WORK_POOL is deprecated; use PP_PREFECT__WORK_POOL",
+    ]
+    assert (settings.queue.claim_idle_s, settings.visit.step_retries, settings.prefect.work_pool) == (
+        12.5, 0, "old-pool")  # fmt: skip
+
+
+def test_a_new_name_wins_over_its_old_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PP_WORKER__IDLE_TIMEOUT_S", "5")
+    monkeypatch.setenv("PP_ACTIVATOR__IDLE_TIMEOUT_S", "9")
+    with pytest.warns(FutureWarning, match="PP_WORKER__IDLE_TIMEOUT_S is ignored: PP_ACTIVATOR__IDLE_TIMEOUT_S is set"):
+        assert Settings().activator.idle_timeout_s == 9.0
+
+
+def test_every_renamed_variable_points_at_a_real_setting() -> None:
+    for old, new in RENAMED_ENV.items():
+        section, field = new.removeprefix("PP_").lower().split("__")
+        assert field in type(getattr(Settings(), section)).model_fields, (old, new)
+
+
+def test_published_marker_outlives_the_fanout_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().visit.published_ttl_s == 48 * 3600
+    monkeypatch.setenv("PP_VISIT__PUBLISHED_TTL_S", "3600")
+    with pytest.raises(ValueError, match=r"visit.published_ttl_s \(3600\) must be >= fanout.dedup_ttl_s \(7200\)"):
+        Settings()
 
 
 def test_bad_values_fail_with_the_setting_named(monkeypatch: pytest.MonkeyPatch) -> None:

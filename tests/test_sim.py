@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from prompt_processing.events import TAI_MINUS_UTC_S, NextVisit
-from prompt_processing.instruments import HSC, LSSTCAM
+from pp_devkit.sim import group_id_for, next_visit_message, plan_visits
+from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
+from prompt_processing.model.instruments import HSC, LSSTCAM
 from prompt_processing.settings import Settings
-from prompt_processing.sim import group_id_for, next_visit_message, plan_visits
 from tests.helpers import consume_all
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
@@ -31,15 +32,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.retry import Retry
 
-from prompt_processing.settings import (
-    KafkaSettings,
-    PrefectSettings,
-    RedisSettings,
-    S3Settings,
-    Settings,
-    StackSettings,
-)
-from prompt_processing.stack import (
+from pp_devkit.stack import (
     SERVICE_NAMES,
     ServiceStatus,
     Stack,
@@ -48,55 +41,73 @@ from prompt_processing.stack import (
     redis_server_binary,
     render_statuses,
 )
+from prompt_processing.settings import (
+    KafkaSettings,
+    PrefectSettings,
+    RedisSettings,
+    S3Settings,
+    Settings,
+    StackSettings,
+)
 
 THREE = ("redis", "kafka", "s3")
 
 
 # --------------------------------------------------------------------------- helpers
 
+EXITED = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    """Start time of a live (non-zombie) process, None if there is none."""
+def proc_create_time(pid: int) -> float | None:
+    """psutil creation time of a live (non-zombie) process, None if there is none."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return None if process.status() in EXITED else float(process.create_time())
+    except psutil.NoSuchProcess:
         return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def is_zombie_child(pid: int) -> bool:
     """True if ``pid`` is an exited child of this test process that nobody collected."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        process = psutil.Process(pid)
+        return bool(process.status() == psutil.STATUS_ZOMBIE and process.ppid() == os.getpid())
+    except psutil.NoSuchProcess:
         return False
-    return fields[0] == "Z" and int(fields[1]) == os.getpid()
 
 
 def alive(pid: int) -> bool:
-    return proc_start_ticks(pid) is not None
+    return proc_create_time(pid) is not None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for pid in psutil.pids():
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pgid and alive(pid):
+                members.append(pid)
+    return members
 
 
 def by_name(statuses: Sequence[ServiceStatus]) -> dict[str, ServiceStatus]:
     return {status.name: status for status in statuses}
 
 
-def pid_records(state_dir: Path) -> dict[int, int]:
-    """pid -> start_ticks of every readable pid file under ``state_dir``."""
+def pid_records(state_dir: Path) -> dict[int, float]:
+    """pid -> create_time of every readable pid file under ``state_dir``."""
     records = {}
     for path in state_dir.glob("*.pid"):
         with contextlib.suppress(ValueError, KeyError, OSError):
             data = json.loads(path.read_text())
-            records[int(data["pid"])] = int(data["start_ticks"])
+            records[int(data["pid"])] = float(data["create_time"])
     return records
 
 
 class TrackedStack(Stack):
     """A Stack that remembers every service process its ``up`` recorded, for the safety net."""
 
-    def __init__(self, settings: Settings, seen: dict[int, int]) -> None:
+    def __init__(self, settings: Settings, seen: dict[int, float]) -> None:
         super().__init__(settings)
         self.settings = settings
         self._seen = seen
@@ -114,7 +125,7 @@ MakeStack = Callable[..., TrackedStack]
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[MakeStack]:
     """Factory of stacks on fresh free ports in ``tmp_path/state``; all torn down afterwards."""
-    seen: dict[int, int] = {}
+    seen: dict[int, float] = {}
     stacks: list[TrackedStack] = []
 
     def make(start_timeout_s: float = 30.0, stop_timeout_s: float = 10.0, **sections: Any) -> TrackedStack:
@@ -137,7 +148,7 @@ def make_stack(tmp_path: Path) -> Iterator[MakeStack]:
         with contextlib.suppress(Exception):
             seen.update(pid_records(stack.settings.stack.state_dir))
             stack.down()
-    leaked = [pid for pid, ticks in seen.items() if proc_start_ticks(pid) == ticks]
+    leaked = [pid for pid, created in seen.items() if proc_create_time(pid) == created]
     unreaped = [pid for pid in seen if is_zombie_child(pid)]
     for pid in leaked:
         with contextlib.suppress(ProcessLookupError):
@@ -311,25 +322,33 @@ def test_down_stops_ours_and_spares_external_and_unrelated_processes(
     assert {after[name].state for name in ("kafka", "s3", "prefect")} == {"stopped"}
 
 
-@pytest.mark.parametrize("mismatch", ["command line", "start time"])
+@pytest.mark.parametrize("mismatch", ["command line", "start time", "boot", "old format"])
 def test_down_never_signals_a_process_that_is_not_ours(
     make_stack: MakeStack, sleeper: subprocess.Popen[bytes], mismatch: str
 ) -> None:
-    """A pid file naming a live foreign process (pid reuse) is stale: removed, process untouched."""
+    """A pid file naming a live foreign process (pid reuse) is stale: removed, process untouched.
+
+    Also a pid file in the format before psutil (start_ticks/boot_id), even if it names the process.
+    """
     stack = make_stack()
     state_dir = stack.settings.stack.state_dir
     state_dir.mkdir(parents=True)
-    ticks = proc_start_ticks(sleeper.pid)
-    assert ticks is not None
+    created = proc_create_time(sleeper.pid)
+    assert created is not None
+    boot_time = psutil.boot_time()
     argv = ["redis-server", "--port", "1"] if mismatch == "command line" else ["sleep", "300"]
-    record = {
+    record: dict[str, Any] = {
         "pid": sleeper.pid,
         "argv": argv,
         "port": stack.settings.redis.port,
         "started_at": "2020-01-01T00:00:00+00:00",
-        "start_ticks": ticks if mismatch == "command line" else ticks + 1,
-        "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        "create_time": created + 0.01 if mismatch == "start time" else created,  # 0.01 s: one clock tick
+        "boot_time": boot_time - 3600 if mismatch == "boot" else boot_time,
     }
+    if mismatch == "old format":
+        del record["create_time"], record["boot_time"]
+        record["start_ticks"] = round((created - boot_time) * os.sysconf("SC_CLK_TCK"))
+        record["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     (state_dir / "redis.pid").write_text(json.dumps(record))
 
     assert by_name(stack.status(["redis"]))["redis"].state == "stopped"
@@ -410,10 +429,10 @@ def test_start_timeout_stops_the_service_and_raises(make_stack: MakeStack) -> No
     assert "not healthy within 0.2 s" in message
     assert "moto_server" in message  # the log header line names the command
     assert not (stack.settings.stack.state_dir / "s3.pid").exists()
-    port_arg = f"-p\0{stack.settings.s3.port}\0".encode()
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            assert port_arg not in (entry / "cmdline").read_bytes(), "moto_server still running"
+    port_arg = f"-p\0{stack.settings.s3.port}\0"
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        assert port_arg not in "\0".join(cmdline) + "\0", "moto_server still running"
 
 
 def test_hung_service_is_unhealthy_and_down_escalates_to_sigkill(make_stack: MakeStack) -> None:
@@ -507,11 +526,5 @@ def test_prefect_server_up_status_down(make_stack: MakeStack) -> None:
 
     assert stopped.state == "stopped"
     assert not alive(started.pid)
-    group = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            text = (entry / "stat").read_text()
-            fields = text[text.rindex(")") + 2 :].split()
-            if int(fields[2]) == started.pid and fields[0] not in ("Z", "X"):
-                group.append(entry.name)
+    group = group_members(started.pid)
     assert not group, f"processes of prefect's group survived: {group}"

@@ -3,7 +3,7 @@
 ``to_fits_bytes`` writes one primary HDU with CHECKSUM/DATASUM cards; the output is the same
 bytes for the same input (the cards carry no timestamp). ``from_fits_bytes`` verifies what it
 reads and raises ``ValueError`` saying why for anything that is not an intact 2-D FITS image,
-which the worker reports as a non-retriable "corrupt FITS" failure.
+which the activator reports as a non-retriable "corrupt FITS" failure.
 """
 
 from __future__ import annotations

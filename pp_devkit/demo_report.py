@@ -1,0 +1,118 @@
+"""The demo's closing report: what happened to every visit-detector of the night."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from prompt_processing.activator.queue import landed_to_alerts_s, read_results
+from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.health import read_health
+from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
+from prompt_processing.model import layout, naming
+from prompt_processing.settings import Settings
+
+
+@dataclass
+class NightReport:
+    """Outcomes of the night's visit-detectors, and how well transients were recovered."""
+
+    expected: int
+    results: list[dict[str, str]]
+    latencies_s: list[float] = field(default_factory=list)
+    injected: int = 0
+    recovered: int = 0
+    spurious: int = 0
+    alerts: int = 0
+    dead_letter_entries: int = 0
+    fanout: dict[str, Any] = field(default_factory=dict)
+    router: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) == self.expected and all(r["status"] == "succeeded" for r in self.results)
+
+    @classmethod
+    def collect(cls, settings: Settings, client: redis.Redis, groups: list[str], expected: int) -> NightReport:
+        wanted = set(groups)
+        results = read_results(client, "LSSTCam")
+        report = cls(expected=expected, results=[r for r in results if r["group"] in wanted])
+        report.latencies_s = [landed_to_alerts_s(r) for r in report.results if r["status"] == "succeeded"]
+        report.dead_letter_entries = client.xlen(naming.dead_letter_stream("LSSTCam"))
+        host = socket.gethostname()
+        report.fanout = read_health(client, "fanout", settings.fanout.consumer_name or host) or {}
+        report.router = read_health(client, "router", settings.router.consumer_name or host) or {}
+        report._score_transients(settings, wanted)
+        return report
+
+    def _score_transients(self, settings: Settings, groups: set[str]) -> None:
+        alerts: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for message in kafka.read_all(settings.kafka, settings.kafka.alerts_topic):
+            alert = json.loads(message)
+            if alert["groupId"] in groups:
+                alerts.setdefault((alert["groupId"], int(alert["detector"])), []).append(alert["diaSource"])
+        self.alerts = sum(len(v) for v in alerts.values())
+        client = s3.make_client(settings.s3)
+        try:
+            for r in self.results:
+                if r["status"] != "succeeded":
+                    continue
+                key = layout.truth_key("LSSTCam", r["group"], int(r["detector"]))
+                truth = [
+                    SimpleNamespace(**t) for t in json.loads(s3.get_bytes(client, settings.s3.central_bucket, key))
+                ]
+                detected = _catalogue(alerts.get((r["group"], int(r["detector"])), []))
+                found, _missed, spurious = match_to_truth(detected, truth)
+                self.injected += len(truth)
+                self.recovered += found
+                self.spurious += spurious
+        finally:
+            client.close()
+
+
+def _catalogue(rows: list[dict[str, Any]]) -> Catalogue:
+    if not rows:
+        return Catalogue.empty()
+    return Catalogue(**{f.name: np.array([row[f.name] for row in rows]) for f in fields(Catalogue)})
+
+
+def print_report(console: Console, settings: Settings, report: NightReport, logs: Path) -> None:
+    statuses: dict[str, int] = {}
+    for r in report.results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    table = Table(title="Simulated night: LSSTCam visit-detectors", show_header=False)
+    table.add_row("visit-detectors expected / with an outcome", f"{report.expected} / {len(report.results)}")
+    table.add_row("outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "none")
+    lat = report.latencies_s
+    if lat:
+        p50, p95 = np.percentile(lat, [50, 95])
+        table.add_row("image landed -> alerts sent, p50 / p95 / max", f"{p50:.2f} s / {p95:.2f} s / {max(lat):.2f} s")
+    table.add_row("transients injected / recovered (within 2 px)", f"{report.injected} / {report.recovered}")
+    table.add_row("alerts sent / not matching an injected transient", f"{report.alerts} / {report.spurious}")
+    for r in report.results:
+        if r["status"] == "failed":
+            table.add_row(f"[red]failed {r['group']} det{int(r['detector']):03d}[/]", r.get("reason", "")[:100])
+    table.add_row("work entries dead-lettered", str(report.dead_letter_entries))
+    fan = report.fanout
+    if fan:
+        table.add_row("next-visit fan-out: fanned out / de-duplicated / dead-lettered",
+                      f"{fan['fanned_out']} / {fan['duplicates']} / {sum(fan['dead_lettered'].values())} "
+                      f"({', '.join(sorted(fan['dead_lettered']))})")  # fmt: skip
+        if fan.get("latency_ms_p50") is not None:
+            table.add_row(
+                "fan-out latency p50 / p99", f"{fan['latency_ms_p50']:.2f} ms / {fan['latency_ms_p99']:.2f} ms"
+            )
+    if report.router:
+        table.add_row("raw images routed", f"{report.router.get('presences', 0)} presences")
+    table.add_row("Prefect UI", settings.prefect.url.removesuffix("/api"))
+    table.add_row("service logs", str(logs))
+    console.print(table)

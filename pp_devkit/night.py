@@ -1,0 +1,178 @@
+"""`pp sim night`: a simulated night end to end — next-visit events, then the camera's raws.
+
+Before the night, the central store is seeded with each active detector's bias and flat and
+a template for every (sky tile, detector) the night will visit. Then for each visit: the
+NextVisit event at its cadence, and at ``startTime + duration`` (per snap) one synthetic raw
+FITS plus its sidecar JSON per active detector, uploaded to the raw bucket with boto3, each
+followed by its S3 ``ObjectCreated`` notification on ``raw-notifications``. The injected
+transients are kept as truth in the central bucket (``truth/...``) for evaluation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from rich.progress import Progress
+
+from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
+from pp_devkit.synth import bias_frame, flat_frame, raw_image, template_image
+from prompt_processing.adapters import kafka, s3
+from prompt_processing.imaging.fits_io import to_fits_bytes
+from prompt_processing.model import layout
+from prompt_processing.model.events import TAI_MINUS_UTC_S
+from prompt_processing.model.instruments import Instrument
+from prompt_processing.model.layout import sky_tile
+from prompt_processing.settings import Settings
+
+
+@dataclass(frozen=True)
+class NightPlan:
+    instrument: Instrument
+    detectors: tuple[int, ...]
+    n_visits: int
+    cadence_s: float
+    lead_s: float
+    duration_s: float
+    shape_px: tuple[int, int]
+    n_transients: int
+    seed: int = 0
+
+
+class Agenda:
+    """Actions to run at given unix times, in time order (ties in the order added)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, when_utc_s: float, action: Callable[[], object]) -> None:
+        heapq.heappush(self._heap, (when_utc_s, next(self._order), action))
+
+    def run_next(self) -> None:
+        """Sleep until the earliest action is due, then run it."""
+        when, _, action = heapq.heappop(self._heap)
+        if (delay_s := when - time.time()) > 0:
+            time.sleep(delay_s)
+        action()
+
+
+def day_obs(now_utc_s: float) -> str:
+    """The observing night's date: UTC minus 12 h, as YYYYMMDD (Rubin's convention)."""
+    return datetime.fromtimestamp(now_utc_s - 12 * 3600, tz=UTC).strftime("%Y%m%d")
+
+
+def seed_central_store(settings: Settings, plan: NightPlan, visits: list[PlannedVisit], client: Any) -> int:
+    """Upload bias, flat and templates the night needs (skipping existing keys); return uploads."""
+    bucket, name, shape = settings.s3.central_bucket, plan.instrument.name, plan.shape_px
+    existing = _keys(client, bucket, "calib/") | _keys(client, bucket, "templates/")
+    jobs: list[tuple[str, Callable[[], Any]]] = []
+    for d in plan.detectors:
+        jobs.append((layout.bias_key(name, d), partial(bias_frame, name, d, shape)))
+        jobs.append((layout.flat_key(name, d), partial(flat_frame, name, d, shape)))
+    for tile in sorted({sky_tile(v.ra_deg, v.dec_deg) for v in visits}):
+        jobs.extend((layout.template_key(name, tile, d), partial(template_image, tile, d, shape))
+                    for d in plan.detectors)  # fmt: skip
+    todo = [(k, make) for k, make in jobs if k not in existing]
+    for key, make in todo:
+        s3.put_bytes(client, bucket, key, to_fits_bytes(make(), {"PPKEY": key}))
+    return len(todo)
+
+
+def run_night(settings: Settings, plan: NightPlan, *, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Send the night's events and images in real time; return the NextVisit bodies sent."""
+    client = s3.make_client(settings.s3)
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
+    drafts = plan_visits(plan.instrument, plan.n_visits, seed=plan.seed)
+    visits = [replace(v, duration_s=plan.duration_s) for v in drafts]
+    seed_central_store(settings, plan, visits, client)
+    producer = kafka.make_producer(settings.kafka)
+    start, seq_base = time.time(), int(time.time()) % 100_000 * 10
+    # Events at their cadence; each event schedules its snaps for when their exposure ends.
+    agenda = Agenda()
+    sent: list[dict[str, Any]] = []
+    for i, planned in enumerate(visits):
+        agenda.add(start + i * plan.cadence_s,
+                   _event_action(settings, plan, planned, i, seq_base, producer, client, agenda, sent))  # fmt: skip
+    total = plan.n_visits + sum(max(v.nimages, 1) for v in visits) * len(plan.detectors)
+    with Progress(disable=not show_progress) as progress:
+        task = progress.add_task(f"night: {plan.n_visits} {plan.instrument.name} visits", total=total)
+        while agenda:
+            agenda.run_next()
+            progress.advance(task)
+    client.close()
+    if producer.flush(30.0):
+        raise RuntimeError("Kafka did not confirm every event of the night")
+    return sent
+
+
+def _event_action(
+    settings: Settings, plan: NightPlan, planned: PlannedVisit, index: int, seq_base: int,
+    producer: Any, client: Any, agenda: Agenda, sent: list[dict[str, Any]],
+) -> Callable[[], None]:  # fmt: skip
+    def send_event() -> None:
+        body = next_visit_message(plan.instrument, planned, now_utc_s=time.time(), lead_s=plan.lead_s, seq_num=index)
+        producer.produce(settings.kafka.next_visit_topic, json.dumps(body).encode(), key=body["groupId"])
+        producer.poll(0)
+        sent.append(body)
+        shutter_utc = body["startTime"] - TAI_MINUS_UTC_S
+        for snap in range(max(planned.nimages, 1)):
+            snap_end = shutter_utc + (snap + 1) * planned.duration_s / max(planned.nimages, 1)
+            for detector in plan.detectors:
+                seq = seq_base + 2 * index + snap
+                agenda.add(snap_end, partial(upload_raw, settings, plan, body, snap, detector, seq, producer, client))
+
+    return send_event
+
+
+def upload_raw(
+    settings: Settings, plan: NightPlan, body: dict[str, Any], snap: int, detector: int, seq: int,
+    producer: Any, client: Any, *, corrupt: bool = False,
+) -> str:  # fmt: skip
+    """Upload one raw + sidecar (+ truth) and publish both notifications; return the raw key."""
+    instrument, group = plan.instrument, body["groupId"]
+    obs = layout.obs_id(instrument, day_obs(time.time()), seq)
+    key = layout.raw_key(instrument, day_obs(time.time()), obs, detector)
+    tile = sky_tile(*body["position"])
+    image, truth = raw_image(instrument=instrument.name, detector=detector, tile=tile, group_id=group, snap=snap,
+                             shape_px=plan.shape_px, n_transients=plan.n_transients, rng_seed=plan.seed)  # fmt: skip
+    header = {"INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": group, "OBSID": obs,
+              "CURINDEX": snap + 1, "FILTER": body["filters"], "EXPTIME": body["duration"]}  # fmt: skip
+    data = b"SIMPLE  = garbage" if corrupt else to_fits_bytes(image, header)
+    raw_bucket = settings.s3.raw_bucket
+    s3.put_bytes(client, raw_bucket, key, data)
+    sidecar_key = key.removesuffix(".fits") + ".json"
+    s3.put_bytes(client, raw_bucket, sidecar_key, json.dumps(header).encode(), "application/json")
+    truth_rows = [{"id": t.transient_id, "x_px": t.x_px, "y_px": t.y_px, "flux_e": t.flux_e} for t in truth]
+    s3.put_bytes(client, settings.s3.central_bucket, layout.truth_key(instrument.name, group, detector),
+                 json.dumps(truth_rows).encode(), "application/json")  # fmt: skip
+    for object_key in (key, sidecar_key):
+        notification = s3_notification(raw_bucket, object_key)
+        producer.produce(settings.kafka.raw_notifications_topic, json.dumps(notification).encode())
+    producer.poll(0)
+    return key
+
+
+def s3_notification(bucket: str, key: str) -> dict[str, Any]:
+    """The S3 event JSON an ``ObjectCreated:Put`` produces (the fields the router reads)."""
+    now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "eventTime": now,
+                         "eventName": "ObjectCreated:Put",
+                         "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}  # fmt: skip
+
+
+def _keys(client: Any, bucket: str, prefix: str) -> set[str]:
+    keys: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.update(obj["Key"] for obj in page.get("Contents", []))
+    return keys

@@ -1,0 +1,131 @@
+"""The Prefect API and CLI as the rest of the code uses them: work pools, deployments, flow runs.
+
+Everything talks to the Prefect API at ``settings.prefect.url``; Prefect subprocesses get it as
+``PREFECT_API_URL``. The work pools are defined in ``deployments/work-pools.yaml`` (every pool a
+deployment of ``prefect.yaml`` names must be defined there); the deployments in ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import yaml  # type: ignore[import-untyped]
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prompt_processing.settings import Settings
+
+PREFECT_YAML = "prefect.yaml"
+WORK_POOLS_YAML = "deployments/work-pools.yaml"
+
+
+class WorkPoolDefinition(BaseModel):
+    """One entry of ``deployments/work-pools.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    type: str = Field(min_length=1, description="Prefect worker type: process, kubernetes, ...")
+    description: str = ""
+
+
+class DeployError(RuntimeError):
+    """The project's deployment files are missing or inconsistent, or `prefect deploy` failed."""
+
+
+def prefect_env(settings: Settings) -> dict[str, str]:
+    """Environment for Prefect subprocesses (CLI, Prefect worker and, through it, flow runs)."""
+    return os.environ | {"PREFECT_API_URL": settings.prefect.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
+    """The work pools the deployments of ``project_dir/prefect.yaml`` use, as defined in
+    ``deployments/work-pools.yaml``; DeployError naming what is missing."""
+    defined = {p.name: p for p in _load_pool_definitions(project_dir / WORK_POOLS_YAML)}
+    prefect_yaml = _read_yaml(project_dir / PREFECT_YAML)
+    used = {d["work_pool"]["name"] for d in prefect_yaml.get("deployments", []) if d.get("work_pool")}
+    missing = sorted(used - set(defined))
+    if missing:
+        raise DeployError(f"{PREFECT_YAML} uses work pool(s) {', '.join(missing)}, not defined in {WORK_POOLS_YAML}")
+    return [defined[name] for name in sorted(used)]
+
+
+def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> list[str]:
+    """Create the pools that do not exist yet; return the names created (existing ones are kept)."""
+    created = []
+    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+        for pool in pools:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description))
+            except ObjectAlreadyExists:
+                continue
+            created.append(pool.name)
+    return created
+
+
+def deploy_all(settings: Settings, project_dir: Path, *, log: Path | None = None) -> None:
+    """Create the work pools, then `prefect deploy --all` in ``project_dir`` (where prefect.yaml is);
+    its output goes to ``log`` if given, else to stdout. DeployError with the output's tail if it fails."""
+    ensure_work_pools(settings, work_pools(project_dir))
+    command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
+    done = subprocess.run(
+        command, cwd=project_dir, env=prefect_env(settings), capture_output=True, text=True, check=False
+    )
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    else:
+        print(done.stdout, end="")
+    if done.returncode != 0:
+        raise DeployError(f"prefect deploy --all failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+
+
+def prefect_worker_command(settings: Settings, *, limit: int | None = None) -> list[str]:
+    """The `prefect worker start` command line for ``settings.prefect.work_pool`` (type from the pool)."""
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.prefect.work_pool]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    return command
+
+
+def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *, idempotency_key: str | None = None,
+                   tags: list[str] | None = None) -> UUID:  # fmt: skip
+    """Create a flow run of deployment ``name`` (``flow/deployment``); return its id."""
+    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or []
+        )
+    return run.id
+
+
+def flow_run_url(settings: Settings, run_id: UUID) -> str:
+    """Where the Prefect UI shows the flow run ``run_id``."""
+    return f"{settings.prefect.url.removesuffix('/api')}/runs/flow-run/{run_id}"
+
+
+def _load_pool_definitions(path: Path) -> list[WorkPoolDefinition]:
+    entries = _read_yaml(path).get("workPools")
+    if not isinstance(entries, list):
+        raise DeployError(f"{path}: expected a `workPools:` list")
+    try:
+        return [WorkPoolDefinition.model_validate(entry) for entry in entries]
+    except ValidationError as exc:
+        raise DeployError(f"{path}: invalid work pool: {exc}") from exc
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise DeployError(f"cannot read {path} ({exc.strerror}); run from the project directory") from exc
+    if not isinstance(data, dict):
+        raise DeployError(f"{path}: expected a YAML mapping")
+    return data

