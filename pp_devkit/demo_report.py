@@ -113,6 +113,6 @@ def print_report(console: Console, settings: Settings, report: NightReport, logs
             )
     if report.router:
         table.add_row("raw images routed", f"{report.router.get('presences', 0)} presences")
-    table.add_row("Prefect UI", settings.prefect.url.removesuffix("/api"))
+    table.add_row("Prefect UI", settings.prefect.ui)
     table.add_row("service logs", str(logs))
     console.print(table)

@@ -349,6 +349,10 @@ def _prefect_spec(settings: Settings) -> ServiceSpec:
             "PREFECT_API_DATABASE_CONNECTION_URL": cfg.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
+            # The UI's own API address (else it calls 127.0.0.1:4200, whatever --port says) and
+            # the address the server puts in the links it prints.
+            "PREFECT_UI_API_URL": api_url,
+            "PREFECT_UI_URL": cfg.ui,
             "PREFECT_API_URL": None,
             "PREFECT_PROFILES_PATH": None,
         }

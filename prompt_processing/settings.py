@@ -134,10 +134,22 @@ class PrefectSettings(BaseModel):
         "prompt-processing",
         description="The work pool `pp prefect-worker` serves (defined in deployments/work-pools.yaml).",
     )
+    worker_shutdown_deadline_s: float = Field(
+        20.0, gt=0, description="`pp prefect-worker`: how long the Prefect worker may take to stop before SIGKILL."
+    )
+
+    ui_url: str | None = Field(
+        None, description="Where operators open the Prefect UI (links in logs); default: the API URL without /api."
+    )
 
     @property
     def url(self) -> str:
         return self.api_url or f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui(self) -> str:
+        """The Prefect UI's address, for links an operator opens."""
+        return (self.ui_url or self.url.removesuffix("/api")).rstrip("/")
 
 
 class InstrumentSettings(BaseModel):

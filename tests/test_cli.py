@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 
+import psutil
 import pytest
 import typer
 import typer.core
+from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
 
 from pp_devkit import cli as devkit_cli
+from prompt_processing.adapters.prefect_api import WorkPoolDefinition, ensure_work_pools
 from prompt_processing.cli import build_app, main
+from prompt_processing.settings import Settings
+from tests.helpers import wait_for
 
 
 def run_pp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,3 +88,29 @@ def test_dev_kit_commands_are_left_out_without_the_dev_extra(monkeypatch: pytest
     monkeypatch.setattr(devkit_cli, "dev_extra_missing", lambda: [])
     devkit_cli.register(without)
     assert commands(without) == {"one", "two", "stack", "sim", "demo"}
+
+
+@pytest.mark.timeout(120)
+def test_prefect_worker_wrapper_stops_its_prefect_worker(stack_settings: Settings, prefect_server: str) -> None:
+    """`pp prefect-worker` passes SIGTERM on and leaves no Prefect worker behind, within its deadline."""
+    pool = f"pp-test-{uuid.uuid4().hex[:8]}"
+    ensure_work_pools(stack_settings, [WorkPoolDefinition(name=pool, type="process")])
+    env = {"PP_PREFECT__PORT": str(stack_settings.prefect.port), "PP_PREFECT__WORK_POOL": pool,
+           "PP_PREFECT__WORKER_SHUTDOWN_DEADLINE_S": "10"}  # fmt: skip
+    environ = os.environ | env
+    with subprocess.Popen([sys.executable, "-m", "prompt_processing.cli", "prefect-worker"], env=environ,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as wrapper:  # fmt: skip
+        try:
+            with get_client(sync_client=True) as client:
+                wait_for(lambda: bool(client.read_workers_for_work_pool(pool)), timeout_s=60, what="the worker")
+            workers = psutil.Process(wrapper.pid).children(recursive=True)
+            assert workers, "no Prefect worker process under the wrapper"
+            started = time.monotonic()
+            wrapper.send_signal(signal.SIGTERM)
+            wrapper.wait(30)
+            stopped_s = time.monotonic() - started
+        finally:
+            if wrapper.poll() is None:
+                wrapper.kill()
+    assert stopped_s < 10 + 5, stopped_s  # the deadline, plus a poll
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -123,3 +123,29 @@ def test_retry_policy_gives_up_when_asked_and_backs_off_up_to_the_cap() -> None:
     pauses = [b - a for a, b in itertools.pairwise(calls)]
     assert len(calls) == 5
     assert 0.01 <= pauses[0] < pauses[-1] + 0.005 and all(p < 0.1 for p in pauses)
+
+
+SUPERVISOR = textwrap.dedent("""
+    import sys
+    from prompt_processing.services.lifecycle import supervise
+
+    child = ("import signal, time; signal.signal(signal.SIGTERM, signal.{disposition}); "
+             "print('ready', flush=True); time.sleep(60)")
+    print("status", supervise([sys.executable, "-c", child], {{}}, shutdown_deadline_s=1.0), flush=True)
+""")
+
+
+@pytest.mark.parametrize(("disposition", "status"), [("SIG_DFL", -signal.SIGTERM), ("SIG_IGN", -signal.SIGKILL)])
+def test_supervise_passes_signals_on_and_kills_a_child_that_does_not_stop(disposition: str, status: int) -> None:
+    script = SUPERVISOR.format(disposition=disposition)
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as parent:
+        try:
+            assert parent.stdout is not None and parent.stdout.readline() == "ready\n"
+            started = time.monotonic()
+            parent.send_signal(signal.SIGTERM)
+            assert parent.stdout.readline() == f"status {status}\n"
+            assert parent.wait(10) == 0
+            assert time.monotonic() - started < 5  # the ignoring child is killed after the 1 s deadline
+        finally:
+            if parent.poll() is None:
+                parent.kill()

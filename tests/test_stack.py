@@ -519,6 +519,9 @@ def test_prefect_server_up_status_down(make_stack: MakeStack) -> None:
     assert started.pid is not None
     with urllib.request.urlopen(settings.prefect.url + "/health", timeout=5) as response:
         assert response.status == 200
+    # The UI calls the API it was served with (not Prefect's default port 4200).
+    with urllib.request.urlopen(settings.prefect.ui + "/ui-settings", timeout=5) as response:
+        assert json.loads(response.read())["api_url"] == settings.prefect.url
     assert (settings.stack.state_dir / "prefect" / "prefect.db").is_file()
     assert stack.status(["prefect"])[0].state == "running"
 

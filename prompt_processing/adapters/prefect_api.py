@@ -42,8 +42,10 @@ class DeployError(RuntimeError):
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
-    """Environment for Prefect subprocesses (CLI, Prefect worker and, through it, flow runs)."""
-    return os.environ | {"PREFECT_API_URL": settings.prefect.url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    """Environment for Prefect subprocesses (CLI, Prefect worker and, through it, flow runs): the API,
+    and the UI address their printed links use."""
+    return os.environ | {"PREFECT_API_URL": settings.prefect.url, "PREFECT_UI_URL": settings.prefect.ui,
+                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
 
 
 def work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
@@ -108,7 +110,7 @@ def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *,
 
 def flow_run_url(settings: Settings, run_id: UUID) -> str:
     """Where the Prefect UI shows the flow run ``run_id``."""
-    return f"{settings.prefect.url.removesuffix('/api')}/runs/flow-run/{run_id}"
+    return f"{settings.prefect.ui}/runs/flow-run/{run_id}"
 
 
 def _load_pool_definitions(path: Path) -> list[WorkPoolDefinition]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -35,12 +34,18 @@ def deploy(
 def prefect_worker(
     ctx: typer.Context, limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None
 ) -> None:
-    """Run a Prefect worker for PP_PREFECT__WORK_POOL: it starts the flow runs (activators, reruns)."""
+    """Run a Prefect worker for PP_PREFECT__WORK_POOL: it starts the flow runs (activators, reruns).
+
+    SIGTERM/SIGINT are passed on to it; it is killed if it has not stopped within
+    PP_PREFECT__WORKER_SHUTDOWN_DEADLINE_S."""
     from prompt_processing.adapters import prefect_api
+    from prompt_processing.services.lifecycle import supervise
 
     settings = state(ctx).settings
     command = prefect_api.prefect_worker_command(settings, limit=limit)
-    raise typer.Exit(subprocess.call(command, env=prefect_api.prefect_env(settings)))
+    status = supervise(command, prefect_api.prefect_env(settings),
+                       shutdown_deadline_s=settings.prefect.worker_shutdown_deadline_s)  # fmt: skip
+    raise typer.Exit(status)
 
 
 def worker(

@@ -10,6 +10,8 @@ Guarantees:
 * The signal handlers that were installed before ``serve`` are restored when it returns.
 * ``shutdown_deadline`` bounds a shutdown: past its deadline the process exits (status 70), so a
   stop always ends before Kubernetes' termination grace period.
+* ``supervise`` runs a program as a child the same way: SIGTERM/SIGINT are passed on to it, and
+  it is killed if it has not exited within the deadline after the first one.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 from typing import Protocol
@@ -80,3 +84,35 @@ def shutdown_deadline(deadline_s: float) -> Iterator[None]:
         yield
     finally:
         watchdog.cancel()
+
+
+def supervise(command: Sequence[str], env: dict[str, str], *, shutdown_deadline_s: float) -> int:
+    """Run ``command`` as a child in its own process group until it exits; return its exit status.
+
+    SIGTERM and SIGINT received here are passed on to the child (once each: being in its own group,
+    it does not also get the terminal's Ctrl-C). If it is still running ``shutdown_deadline_s``
+    after the first of them, it is killed (SIGKILL) and the status is ``-9``. The previous signal
+    handlers are restored on return.
+    """
+    child = subprocess.Popen(list(command), env=env, process_group=0)
+    stop_requested_at: list[float] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if not stop_requested_at:
+            stop_requested_at.append(time.monotonic())
+        log.info("signal %d: passed on to %s (pid %d)", signum, command[0], child.pid)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
+    try:
+        while True:
+            try:
+                return child.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                if stop_requested_at and time.monotonic() - stop_requested_at[0] > shutdown_deadline_s:
+                    log.error("%s did not stop within %.0f s; killing it", command[0], shutdown_deadline_s)
+                    child.kill()
+                    return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
