@@ -20,9 +20,10 @@ from pp_devkit.night import NightPlan, seed_central_store, upload_raw
 from pp_devkit.sim import next_visit_message, plan_visits
 from pp_devkit.stack import Stack, free_port
 from prompt_processing.activator.context import ProcessingContext
-from prompt_processing.activator.queue import WorkQueue, landed_to_alerts_s, read_results
+from prompt_processing.activator.queue import WorkQueue
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.results import landed_to_alerts_s, read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from prompt_processing.model.instruments import LATISS
@@ -61,7 +62,8 @@ def subflow_activator(instrument: str, n_visits: int) -> None:
     settings = Settings()
     ctx = _BASELINE_CONTEXT.setdefault("ctx", ProcessingContext(settings, "baseline"))
     contract = QueueContract.for_instrument(instrument, QueueSettings(claim_idle_s=30, max_deliveries=3))
-    queue = WorkQueue(ctx.redis, instrument, f"baseline-{uuid.uuid4().hex[:6]}", contract, block_s=0.5)
+    queue = WorkQueue(ctx.redis, instrument, f"baseline-{uuid.uuid4().hex[:6]}", contract, block_s=0.5,
+                      results_retention_s=3600)  # fmt: skip
     queue.ensure_group()
     done = 0
     while done < n_visits:

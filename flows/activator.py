@@ -10,6 +10,12 @@ Parameters: ``queue``, the work-queue contract (stream, group, ``claim_idle_s``,
 ``max_deliveries``), comes from the autoscaler that created the run, so both count the same
 entries as abandoned; without it (a run started by hand) it is built from this run's
 ``PP_QUEUE__*`` settings. Everything else comes from the run's own ``PP_*`` environment.
+
+What an operator sees: the run is named ``activator-<instrument>-<host>-<run id>``; each outcome
+is one log line, one event and one keyed artifact (``tasks/outcome.py``); the run ends Completed,
+named ``Completed``, ``Idle`` (it processed nothing) or ``<n> failed`` with the counts as its
+message, and is tagged ``busy`` or ``idle`` so idle runs can be filtered out. Visit-detector
+failures are counted once, on their own task runs, not again on the activator.
 """
 
 from __future__ import annotations
@@ -19,28 +25,38 @@ import socket
 import threading
 import time
 from types import FrameType
-from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.activator.queue import WorkItem, WorkQueue
 from prompt_processing.model import naming
-from prompt_processing.model.errors import NonRetriableError
 from prompt_processing.model.queue_contract import QueueContract
 from prompt_processing.settings import Settings
+from tasks.logs import configure_run_logging
+from tasks.outcome import VisitOutcome, add_run_tags, report_outcome
 from tasks.visit import visit_detector_task
 
+COUNTS = ("succeeded", "ignored", "failed", "handed_back")
 
-@flow(name=naming.ACTIVATOR_FLOW, flow_run_name="activator-{instrument}")
+
+def activator_run_name() -> str:
+    """``activator-<instrument>-<host>-<run id, 8 chars>``: which pod (host) runs which instrument."""
+    instrument = flow_run.parameters.get("instrument", "unknown")
+    return f"activator-{instrument}-{socket.gethostname()}-{(flow_run.get_id() or 'local')[:8]}"
+
+
+@flow(name=naming.ACTIVATOR_FLOW, flow_run_name=activator_run_name)
 def activator(
     instrument: str,
     queue: QueueContract | None = None,
     max_visits: int | None = None,
     idle_timeout_s: float | None = None,
-) -> dict[str, Any]:
-    """Process visit-detectors of ``instrument`` until idle or ``max_visits``; return counts.
+) -> State[dict[str, int]]:
+    """Process visit-detectors of ``instrument`` until idle or ``max_visits``; the counts are the result.
 
     ``queue``: the work-queue contract (set by the autoscaler); ``max_visits`` and
     ``idle_timeout_s`` override ``PP_ACTIVATOR__*`` for this run.
@@ -50,9 +66,11 @@ def activator(
     contract = queue or QueueContract.for_instrument(instrument, settings.queue)
     name = f"{socket.gethostname()}-{(flow_run.get_id() or 'local')[:8]}"
     ctx = ProcessingContext(settings, name)
-    work = WorkQueue(ctx.redis, instrument, name, contract, block_s=a.block_s)
+    work = WorkQueue(ctx.redis, instrument, name, contract, block_s=a.block_s,
+                     results_retention_s=settings.visit.results_retention_s)  # fmt: skip
+    configure_run_logging(settings)
     _stop_on_sigterm(ctx)
-    counts = {"succeeded": 0, "ignored": 0, "failed": 0, "handed_back": 0}
+    counts = dict.fromkeys(COUNTS, 0)
     limit, idle_limit_s = max_visits or a.max_visits, idle_timeout_s or a.idle_timeout_s
     work.ensure_group()
     last_work = time.monotonic()
@@ -68,31 +86,38 @@ def activator(
     finally:
         counts["handed_back"] += work.close()
         ctx.close()
-    get_run_logger().info("activator %s exits: %s", name, counts)
-    return counts
+    return _final_state(counts)
 
 
 def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
-    """Run one entry; acknowledge final outcomes, hand back the rest. Returns the count to bump."""
+    """Run one entry; record and acknowledge final outcomes, hand back the rest. Returns the count to bump."""
     visit, detector = item.entry.visit, item.entry.detector
-    base = {"group": visit.groupId, "detector": detector, "processed_by": ctx.name, "deliveries": item.deliveries}
     picked_up_at, start = time.time(), time.perf_counter()
-    with queue.holding(item):
+    with queue.holding(item), tags(*naming.visit_tags(visit.instrument, visit.groupId, detector)):
         state = visit_detector_task(ctx, visit, detector, return_state=True)
     wall_s = time.perf_counter() - start
-    if state.is_completed():
-        outcome = state.result()
-        timing = {"pickup_ms": outcome.started_at * 1e3 - item.queued_at_ms, "wall_s": wall_s,
-                  "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
-        queue.finish(item, base | outcome.record() | timing)
-        return str(outcome.status)
-    error = state.result(raise_on_failure=False)
-    if isinstance(error, NonRetriableError):
-        queue.finish(item, base | {"status": "failed", "reason": str(error), "started_at": picked_up_at})
-        return "failed"
-    get_run_logger().warning("%s det%03d not final (%r); handed back", visit.groupId, detector, error)
-    queue.hand_back([item.entry_id])  # retried by the next read of any activator, up to max_deliveries
-    return "handed_back"
+    outcome = state.result(raise_on_failure=False)
+    if not isinstance(outcome, VisitOutcome):  # a retriable error that outlasted the retries, or a bug
+        get_run_logger().warning("%s %s det%03d not final (%r); handed back for another delivery",
+                                 visit.instrument, visit.groupId, detector, outcome)  # fmt: skip
+        queue.hand_back([item.entry_id])  # retried by the next read of any activator, up to max_deliveries
+        return "handed_back"
+    outcome.deliveries = item.deliveries
+    timing = {"pickup_ms": (outcome.started_at or picked_up_at) * 1e3 - item.queued_at_ms, "wall_s": wall_s,
+              "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
+    queue.finish(item, outcome.record() | timing)
+    report_outcome(ctx, outcome, get_run_logger())
+    return outcome.status
+
+
+def _final_state(counts: dict[str, int]) -> State[dict[str, int]]:
+    """Completed, named for what an operator scans the runs list for; tagged busy or idle."""
+    processed = sum(counts[k] for k in ("succeeded", "ignored", "failed"))
+    message = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in COUNTS)
+    name = "Idle" if not processed else f"{counts['failed']} failed" if counts["failed"] else "Completed"
+    add_run_tags(naming.ACTIVATOR_BUSY_TAG if processed or counts["handed_back"] else naming.ACTIVATOR_IDLE_TAG)
+    get_run_logger().info("activator exits: %s", message)
+    return Completed(name=name, message=message, data=counts)
 
 
 def _stop_on_sigterm(ctx: ProcessingContext) -> None:

@@ -1,49 +1,74 @@
 """The ``process-visit-detector`` flow: one visit-detector as its own flow run, for manual reruns.
 
-Deployed as ``process-visit-detector/rerun`` (``pp rerun``). An operator reruns a failed
-visit-detector with only (instrument, group, detector): the NextVisit event is read back from
-the record the fan-out kept (``pp:visit:<instrument>:<group>``, kept for ``dedup_ttl_s``), or
-given in full as ``visit``. Alerts already published are never sent again (the run completes as
-ignored). Settings (addresses, step limits) come from the run's own ``PP_*`` environment.
+Deployed as ``process-visit-detector/rerun`` (``pp rerun``, the pre-filled link in a
+visit-detector's artifact, or the UI's run form). An operator gives only (instrument, group,
+detector): the NextVisit event is read back from the record the fan-out kept
+(``pp:visit:<instrument>:<group>``, kept for ``PP_FANOUT__DEDUP_TTL_S``). Alerts already published
+are never sent again: the run then ends Completed, named ``Ignored``. A visit whose images never
+landed fails at once with that reason (its deadline passed long ago) instead of waiting again.
+
+The outcome is recorded like an activator's: a line in the instrument's results stream (so the
+night report and ``pp rerun --failed`` see it), an event, a keyed artifact; the run is tagged
+``instrument:``, ``group:``, ``detector:`` and ``rerun-of:<run id>``. Settings (addresses, step
+limits) come from the run's own ``PP_*`` environment.
 """
 
 from __future__ import annotations
 
-import json
 import socket
-from typing import Any
+from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
 
 from prompt_processing.activator.context import ProcessingContext
+from prompt_processing.adapters.results import append_result
 from prompt_processing.model import naming
 from prompt_processing.model.errors import NonRetriableError
 from prompt_processing.model.events import NextVisit
 from prompt_processing.settings import Settings
+from tasks.logs import configure_run_logging
+from tasks.outcome import VisitOutcome, add_run_tags, outcome_state, report_outcome
 from tasks.visit import run_visit_detector
+
+Instrument = Literal["LSSTCam", "LATISS", "HSC"]
 
 
 @flow(name=naming.PROCESS_VISIT_DETECTOR_FLOW, flow_run_name="{instrument}-{group}-det{detector:03d}")
 def process_visit_detector(
-    instrument: str, group: str, detector: int, visit: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Preload, wait for images, process and publish one visit-detector; returns the outcome."""
+    instrument: Instrument, group: str, detector: int, rerun_of: str = ""
+) -> State[VisitOutcome]:
+    """Preload, wait for images, process and publish one visit-detector; the outcome is the result.
+
+    Args:
+        instrument: The camera.
+        group: The visit's groupId, as in the failed run's name and tags (`group:<groupId>`).
+        detector: The detector id, e.g. 94 for LSSTCam R22_S11.
+        rerun_of: The id of the run whose failure this repeats (set by `pp rerun` and the
+            artifacts' rerun links); recorded with the outcome and tagged `rerun-of:<id>`.
+    """
     settings = Settings()
+    configure_run_logging(settings)
+    add_run_tags(*naming.visit_tags(instrument, group, detector),
+                 *([naming.rerun_of_tag(rerun_of)] if rerun_of else []))  # fmt: skip
     ctx = ProcessingContext(settings, name=f"rerun-{socket.gethostname()}")
     try:
-        event = NextVisit.from_json(json.dumps(visit)) if visit is not None else _recorded_visit(ctx, instrument, group)
-        outcome = run_visit_detector(ctx, event, detector)
+        with tags(*naming.visit_tags(instrument, group, detector)):
+            outcome = run_visit_detector(ctx, _recorded_visit(ctx, instrument, group), detector)
+        outcome.flow_run_id, outcome.rerun_of = str(flow_run.get_id() or ""), rerun_of
+        append_result(ctx.redis, instrument, outcome.record(), retention_s=settings.visit.results_retention_s)
+        report_outcome(ctx, outcome, get_run_logger())
     finally:
         ctx.close()
-    get_run_logger().info("%s %s det%03d: %s %s", instrument, group, detector, outcome.status, outcome.reason)
-    return outcome.record()
+    return outcome_state(outcome, flow=True)
 
 
 def _recorded_visit(ctx: ProcessingContext, instrument: str, group: str) -> NextVisit:
     raw = ctx.redis.get(naming.visit_key(instrument, group))
     if raw is None:
         raise NonRetriableError(
-            f"no record of visit {group} of {instrument} (fanned out more than dedup_ttl_s ago, or never): "
-            "pass the NextVisit event as the `visit` parameter"
+            f"no record of visit {group} of {instrument}: fanned out more than PP_FANOUT__DEDUP_TTL_S "
+            f"({ctx.settings.fanout.dedup_ttl_s} s) ago, or never"
         )
     return NextVisit.from_json(raw)

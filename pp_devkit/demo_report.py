@@ -14,9 +14,9 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from prompt_processing.activator.queue import landed_to_alerts_s, read_results
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.health import read_health
+from prompt_processing.adapters.results import landed_to_alerts_s, read_results
 from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
 from prompt_processing.model import layout, naming
 from prompt_processing.settings import Settings

@@ -27,7 +27,7 @@ from pp_devkit.synth import bias_frame, flat_frame, raw_image, template_image
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.imaging.fits_io import to_fits_bytes
 from prompt_processing.model import layout
-from prompt_processing.model.events import TAI_MINUS_UTC_S
+from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.model.instruments import Instrument
 from prompt_processing.model.layout import sky_tile
 from prompt_processing.settings import Settings
@@ -65,11 +65,6 @@ class Agenda:
         if (delay_s := when - time.time()) > 0:
             time.sleep(delay_s)
         action()
-
-
-def day_obs(now_utc_s: float) -> str:
-    """The observing night's date: UTC minus 12 h, as YYYYMMDD (Rubin's convention)."""
-    return datetime.fromtimestamp(now_utc_s - 12 * 3600, tz=UTC).strftime("%Y%m%d")
 
 
 def seed_central_store(settings: Settings, plan: NightPlan, visits: list[PlannedVisit], client: Any) -> int:

@@ -174,7 +174,12 @@ class FanoutSettings(BaseModel):
         None, description="This process's name in logs and its health key; default: the host name."
     )
     message_expiration_s: float = Field(3600.0, gt=0, description="Older events are dead-lettered.")
-    dedup_ttl_s: int = Field(7200, gt=0, description="How long a fanned-out (instrument, groupId) is remembered.")
+    dedup_ttl_s: int = Field(
+        172_800,
+        gt=0,
+        description="How long a fanned-out (instrument, groupId) is remembered: its record de-duplicates "
+        "re-sent events and lets an operator rerun its visit-detectors by (instrument, group, detector).",
+    )
     stream_maxlen: int = Field(
         1_000_000, ge=10_000, description="Approximate cap of each instrument stream (XADD MAXLEN ~)."
     )
@@ -257,6 +262,9 @@ class VisitSettings(BaseModel):
     preload_cache_entries: int = Field(64, ge=1, description="Calibrations/templates kept in a warm activator.")
     step_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
     step_retry_delay_s: float = Field(0.5, ge=0, description="Pause before a step's retry.")
+    results_retention_s: float = Field(
+        259_200, gt=0, description="How long outcome records stay in the results streams (night reports read them)."
+    )
     published_ttl_s: int = Field(
         172_800,
         ge=60,
@@ -372,6 +380,9 @@ class Settings(BaseSettings):
         "(the others keep their defaults); disable one with {\"HSC\": {\"enabled\": false}}.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one plain line per record; json: one JSON object per line, with structured fields."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
@@ -15,6 +13,7 @@ from prompt_processing.imaging.fits_io import from_fits_bytes
 from prompt_processing.model import layout
 from prompt_processing.model.errors import NonRetriableError
 from prompt_processing.model.layout import sky_tile
+from tasks.common import step
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class Calibrations:
     template_key: str
 
 
-@task(name="preload", cache_policy=NO_CACHE)
+@step("preload")
 def preload(
     ctx: ProcessingContext, clock: StepClock, instrument: str, detector: int, ra_deg: float, dec_deg: float
 ) -> Calibrations:

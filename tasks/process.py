@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from prompt_processing.activator.context import StepClock
 from prompt_processing.imaging.algorithms import ProcessResult, process_detector
 from prompt_processing.imaging.fits_io import from_fits_bytes
 from prompt_processing.model.errors import NonRetriableError
+from tasks.common import step
 from tasks.preload import Calibrations
 
 
-@task(name="process", cache_policy=NO_CACHE)
+@step("process")
 def process(clock: StepClock, raws: list[bytes], calibs: Calibrations, label: str) -> ProcessResult:
     """Snaps are averaged, then processed against the template. A raw that is not a readable
     FITS image, or does not match the calibrations' shape, is a NonRetriableError naming ``label``.

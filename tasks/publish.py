@@ -11,8 +11,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
@@ -22,6 +20,7 @@ from prompt_processing.imaging.fits_io import to_fits_bytes
 from prompt_processing.model import layout, naming
 from prompt_processing.model.errors import RetriableError
 from prompt_processing.model.events import NextVisit
+from tasks.common import step
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Published:
     outputs: list[str]
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@step("publish")
 def publish(
     ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int, result: ProcessResult
 ) -> Published:

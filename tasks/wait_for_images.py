@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
 from prompt_processing.model import naming
 from prompt_processing.model.errors import ImageTimeout, RetriableError
 from prompt_processing.model.events import TAI_MINUS_UTC_S
+from tasks.common import step
 
 _BLPOP_SLICE_S = 1.0  # so a stopping activator notices within a second
 
@@ -27,18 +26,19 @@ class RawImages:
     waited_s: float  # time blocked waiting for arrivals
 
 
-@task(name="wait_for_images", cache_policy=NO_CACHE)
+@step("wait_for_images")
 def wait_for_images(
     ctx: ProcessingContext, clock: StepClock, instrument: str, group: str, detector: int,
     nimages: int, start_time_tai: float, duration_s: float,
 ) -> RawImages:  # fmt: skip
     """Presence first (landed before we looked), then a blocking wait on the router's arrival
     list, then a final re-check; then download. The wait ends ``2 * duration + image_timeout_s``
-    after the shutter opens (or after now, if that is later): ImageTimeout (non-retriable) names
-    the visit, detector and snap. Redis or S3 failures are RetriableError.
+    after the shutter opens: ImageTimeout (non-retriable) names the visit, detector and snap. A
+    visit picked up after that (a late delivery, a rerun the next morning) is checked once and
+    fails at once if its image never landed. Redis or S3 failures are RetriableError.
     """
     timeout_s = 2 * duration_s + ctx.settings.visit.image_timeout_s
-    deadline = max(time.time(), start_time_tai - TAI_MINUS_UTC_S) + timeout_s
+    deadline = start_time_tai - TAI_MINUS_UTC_S + timeout_s
     images, landed, waited_s = [], [], 0.0
     for snap in range(max(nimages, 1)):
         started = time.perf_counter()

@@ -32,9 +32,9 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from pp_devkit.night import NightPlan, seed_central_store, upload_raw
 from pp_devkit.sim import plan_visits
 from pp_devkit.stack import free_port
-from prompt_processing.activator.queue import read_results
 from prompt_processing.adapters import prefect_api, s3
 from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.autoscaler.loop import EVENT_NAME, Autoscaler, ScaleRecord
 from prompt_processing.autoscaler.metrics import QueueMetrics, measure_queue

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,9 +27,9 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from flows.activator import activator
 from pp_devkit.night import NightPlan, run_night, seed_central_store, upload_raw
 from pp_devkit.sim import plan_visits
-from prompt_processing.activator.queue import read_results
-from prompt_processing.adapters import kafka, prefect_api, s3
+from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model import naming
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
@@ -194,31 +193,6 @@ def test_killed_activator_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipel
     n = int(result["n_alerts"])
     alerts = pipeline.alerts(n + 1, timeout_s=5)  # ask for one more than expected: none may come
     assert len(alerts) == n and len({a["alertId"] for a in alerts}) == n
-
-
-@pytest.mark.timeout(240)
-def test_manual_rerun_through_the_deployment_succeeds(pipeline: Pipeline) -> None:
-    pipeline.announce("rerun-me", duration_s=0.5)
-    thread, counts = _activator_in_thread()
-    thread.join(60)
-    assert counts["failed"] == 1  # the image never came
-    pipeline.land(pipeline_body := json.loads(pipeline.redis.get(naming.visit_key("LATISS", "rerun-me")) or b"{}"))
-    assert pipeline_body["groupId"] == "rerun-me"
-    prefect_api.deploy_all(pipeline.settings, Path.cwd())
-    worker_command = prefect_api.prefect_worker_command(pipeline.settings)
-    worker = subprocess.Popen(worker_command, env=prefect_api.prefect_env(pipeline.settings))
-    try:
-        run_id = prefect_api.run_deployment(pipeline.settings, naming.RERUN_DEPLOYMENT,
-                                       {"instrument": "LATISS", "group": "rerun-me", "detector": 0})  # fmt: skip
-        with get_client(sync_client=True) as client:
-            wait_for(lambda: _final(client.read_flow_run(run_id)), timeout_s=150, what="the rerun to finish")
-            run = client.read_flow_run(run_id)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    assert run.name == "LATISS-rerun-me-det000"
-    assert run.state is not None and run.state.is_completed(), run.state
-    assert pipeline.redis.exists(naming.published_key("LATISS", "rerun-me", 0)) == 1
 
 
 def _final(run: Any) -> bool:

@@ -101,7 +101,7 @@ def test_every_renamed_variable_points_at_a_real_setting() -> None:
 def test_published_marker_outlives_the_fanout_record(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().visit.published_ttl_s == 48 * 3600
     monkeypatch.setenv("PP_VISIT__PUBLISHED_TTL_S", "3600")
-    with pytest.raises(ValueError, match=r"visit.published_ttl_s \(3600\) must be >= fanout.dedup_ttl_s \(7200\)"):
+    with pytest.raises(ValueError, match=r"visit.published_ttl_s \(3600\) must be >= fanout.dedup_ttl_s \(172800\)"):
         Settings()
 
 

@@ -21,7 +21,7 @@ def _queue(client: redis.Redis, consumer: str, *, claim_idle_s: float = 30.0, ma
     contract = QueueContract.for_instrument(
         "LATISS", QueueSettings(claim_idle_s=claim_idle_s, max_deliveries=max_deliveries)
     )
-    queue = WorkQueue(client, "LATISS", consumer, contract, block_s=0.1)
+    queue = WorkQueue(client, "LATISS", consumer, contract, block_s=0.1, results_retention_s=3600)
     queue.ensure_group()
     return queue
 

@@ -23,13 +23,16 @@ from prompt_processing.settings import Settings
 
 
 class StepClock:
-    """Seconds spent inside each step's body during one visit (the rest is orchestration).
+    """One visit-detector's steps: which one runs, and the seconds spent inside each one's body
+    (the rest is orchestration).
 
     A plain class, not a dataclass, on purpose: Prefect rebuilds dataclass arguments of a
     task, and the steps must all write into this one object.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        self.label = label  # the visit-detector's name, e.g. LSSTCam-<group>-det094: steps are named after it
+        self.step = ""  # the step running (or the last one that ran)
         self.seconds: dict[str, float] = {}
 
     @contextmanager
@@ -55,6 +58,7 @@ class ProcessingContext:
         self.s3: Any = s3.make_client(settings.s3)
         self.producer: Producer = kafka.make_producer(settings.kafka)
         self.preload_cache: LRUCache[str, Any] = LRUCache(maxsize=settings.visit.preload_cache_entries)
+        self.lookups: dict[str, str | None] = {}  # ids looked up once per run (e.g. the rerun deployment's)
         self.stopping = threading.Event()
         # Off the critical path: reports (Prefect artifacts) and parallel uploads.
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pp-report")

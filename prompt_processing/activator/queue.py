@@ -19,18 +19,17 @@ created the activator run with, so both count the same entries as abandoned.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import redis
 
+from prompt_processing.adapters.results import append_result
 from prompt_processing.model import naming
 from prompt_processing.model.events import EventError, FanOutEntry
 from prompt_processing.model.queue_contract import QueueContract
@@ -56,8 +55,9 @@ class WorkQueue:
     """A consumer called ``consumer`` of the instrument's stream, on the terms of ``contract``."""
 
     def __init__(
-        self, client: redis.Redis, instrument: str, consumer: str, contract: QueueContract, *, block_s: float
-    ) -> None:
+        self, client: redis.Redis, instrument: str, consumer: str, contract: QueueContract, *, block_s: float,
+        results_retention_s: float,
+    ) -> None:  # fmt: skip
         self.client = client
         self.instrument = instrument
         self.consumer = consumer
@@ -66,6 +66,7 @@ class WorkQueue:
         self._claim_idle_ms = int(contract.claim_idle_s * 1000)
         self._block_ms = max(1, int(block_s * 1000))
         self._max_deliveries = contract.max_deliveries
+        self._results_retention_s = results_retention_s
 
     def ensure_group(self) -> None:
         """Create the group at ``$`` if it (or the stream) is missing; an existing one is kept."""
@@ -101,9 +102,8 @@ class WorkQueue:
 
     def finish(self, item: WorkItem, outcome: dict[str, Any]) -> None:
         """Acknowledge ``item`` and append its outcome to the results stream, atomically."""
-        record: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in outcome.items()}
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(naming.results_stream(self.instrument), record, maxlen=100_000, approximate=True)
+        append_result(pipe, self.instrument, outcome, retention_s=self._results_retention_s)
         pipe.xack(self.stream, self.group, item.entry_id)
         pipe.execute()
 
@@ -198,18 +198,6 @@ class WorkQueue:
             self.dead_letter(entry_id, fields, str(exc))
             return None
         return WorkItem(entry_id, entry, deliveries)
-
-
-def read_results(client: redis.Redis, instrument: str) -> list[dict[str, str]]:
-    """Every outcome record in the instrument's results stream, oldest first."""
-    entries: Any = client.xrange(naming.results_stream(instrument))
-    return [{_text(k): _text(v) for k, v in fields.items()} for _id, fields in entries]
-
-
-def landed_to_alerts_s(result: dict[str, str]) -> float:
-    """A succeeded outcome record's latency: raw image landed (S3 event time) -> alerts sent, seconds."""
-    landed = datetime.fromisoformat(result["landed_at"].replace("Z", "+00:00")).timestamp()
-    return float(result["alerts_sent_at"]) - landed
 
 
 def _text(value: bytes | str) -> str:

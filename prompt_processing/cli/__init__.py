@@ -10,7 +10,6 @@ the ``CliState`` every command receives.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -19,6 +18,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from prompt_processing import logs
 from prompt_processing.settings import Settings
 
 PLUGIN_GROUP = "pp.commands"
@@ -41,7 +41,7 @@ class CliState:
             except ValidationError as exc:
                 self.console.print(f"[red]invalid PP_* configuration:[/red]\n{exc}")
                 raise typer.Exit(2) from None
-            _configure_logging(self._settings, self.console)
+            logs.configure(self._settings)
         return self._settings
 
     @property
@@ -89,14 +89,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli_state.console.print(f"[red]error:[/red] {exc}")
         return 1
     return 0
-
-
-def _configure_logging(settings: Settings, console: Console) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=settings.log_level, format="%(name)s: %(message)s", datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )  # fmt: skip
-    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)

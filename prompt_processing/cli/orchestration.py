@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from prompt_processing.cli import state
+from prompt_processing.cli import reruns, state
 
 PANEL = "Prefect"
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     app.command("prefect-worker", rich_help_panel=PANEL)(prefect_worker)
     app.command("worker", hidden=True, deprecated=True)(worker)
     app.command(rich_help_panel=PANEL)(activators)
-    app.command(rich_help_panel=PANEL)(rerun)
+    app.command(rich_help_panel=PANEL)(reruns.rerun)
 
 
 def deploy(
@@ -73,19 +73,3 @@ def activators(
                                             {"instrument": instrument, "queue": contract.model_dump()},
                                             tags=["activator"])  # fmt: skip
         print(f"activator flow run {run_id}: {prefect_api.flow_run_url(settings, run_id)}")
-
-
-def rerun(
-    ctx: typer.Context,
-    instrument: Annotated[str, typer.Argument(help="Camera, e.g. LSSTCam.")],
-    group: Annotated[str, typer.Argument(help="The visit's groupId.")],
-    detector: Annotated[int, typer.Argument(help="Detector id, e.g. 94.")],
-) -> None:
-    """Rerun one visit-detector as a run of the process-visit-detector/rerun deployment."""
-    from prompt_processing.adapters import prefect_api
-    from prompt_processing.model.naming import RERUN_DEPLOYMENT
-
-    settings = state(ctx).settings
-    parameters = {"instrument": instrument, "group": group, "detector": detector}
-    run_id = prefect_api.run_deployment(settings, RERUN_DEPLOYMENT, parameters, tags=["rerun"])
-    print(f"{RERUN_DEPLOYMENT} flow run {run_id}: {prefect_api.flow_run_url(settings, run_id)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any
 
@@ -99,6 +100,14 @@ class NextVisit(BaseModel):
             return self.private_efdStamp
         return self.private_sndStamp - TAI_MINUS_UTC_S
 
+    def shutter_open_utc(self) -> float:
+        """When the shutter opens, UTC unix seconds."""
+        return self.startTime - TAI_MINUS_UTC_S
+
+    def day_obs(self) -> str:
+        """The observing night of the visit, ``YYYYMMDD`` (Rubin's convention: UTC - 12 h)."""
+        return day_obs(self.shutter_open_utc())
+
     def stream_fields(self) -> dict[str, str]:
         """The event as Redis string fields (every field but an absent EFD stamp)."""
         fields: dict[str, str] = {}
@@ -137,6 +146,11 @@ class FanOutEntry(BaseModel):
 _INT_FIELDS = {"salIndex", "scriptSalIndex", "coordinateSystem", "rotationSystem", "dome", "nimages",
                "totalCheckpoints"}  # fmt: skip
 _FLOAT_FIELDS = {"startTime", "cameraAngle", "duration", "private_sndStamp", "private_efdStamp"}
+
+
+def day_obs(utc_s: float) -> str:
+    """The observing night a moment belongs to, ``YYYYMMDD``: the UTC date 12 hours earlier (Rubin's dayObs)."""
+    return datetime.fromtimestamp(utc_s - 12 * 3600, tz=UTC).strftime("%Y%m%d")
 
 
 def _to_field(value: object) -> str:

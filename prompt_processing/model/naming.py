@@ -77,3 +77,33 @@ VISIT_DETECTOR_TASK = "visit-detector"
 def activator_deployment(instrument: str) -> str:
     """The deployment whose runs are the instrument's activators (``<flow>/<deployment>``)."""
     return f"{ACTIVATOR_FLOW}/activator-{instrument.lower()}"
+
+
+# Prefect tags an operator filters on, and artifact keys (lower-case letters, digits and dashes).
+ACTIVATOR_BUSY_TAG = "busy"  # an activator run that processed at least one visit-detector
+ACTIVATOR_IDLE_TAG = "idle"  # one that exited without work: hide these with a filter on `busy`
+
+
+def visit_tags(instrument: str, group: str, detector: int) -> list[str]:
+    """Tags of every run of one visit-detector (task run, its steps, a rerun)."""
+    return [f"instrument:{instrument}", f"group:{group}", f"detector:{detector:03d}"]
+
+
+def rerun_of_tag(run_id: str) -> str:
+    """Tag of a rerun: the run (task run or flow run) whose failure it repeats."""
+    return f"rerun-of:{run_id}"
+
+
+def visit_artifact_key(instrument: str, group: str, detector: int) -> str:
+    """The keyed artifact of one visit-detector's latest outcome (``visit-lsstcam-<group>-det094``)."""
+    return _artifact_key(f"visit-{instrument}-{group}-det{detector:03d}")
+
+
+def night_artifact_key(instrument: str, day_obs: str) -> str:
+    """The keyed table artifact of one instrument's night, ``<instrument>-night-<dayObs>``."""
+    return _artifact_key(f"{instrument}-night-{day_obs}")
+
+
+def _artifact_key(text: str) -> str:
+    key = "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower())
+    return "-".join(part for part in key.split("-") if part)
