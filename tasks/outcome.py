@@ -31,6 +31,7 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.objects import State
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, Failed
 
 from prompt_processing.activator.context import ProcessingContext
@@ -137,7 +138,14 @@ def rerun_link(ctx: ProcessingContext, outcome: VisitOutcome) -> str | None:
         parameters["rerun_of"] = outcome.run_id
     # The UI reads `parameters` as encodeURIComponent(JSON), itself encoded once more in the URL.
     encoded = quote(quote(json.dumps(parameters, separators=(",", ":")), safe=""), safe="")
-    return f"{ctx.settings.prefect.ui}/deployments/deployment/{deployment_id}/run?parameters={encoded}"
+    return f"{_ui_url(ctx)}/deployments/deployment/{deployment_id}/run?parameters={encoded}"
+
+
+def _ui_url(ctx: ProcessingContext) -> str:
+    """The UI of the Prefect server this run reports to (Prefect's own PREFECT_UI_URL, derived from
+    its API URL), else the settings' ``prefect.ui``."""
+    ui_url = PREFECT_UI_URL.value()
+    return str(ui_url).rstrip("/") if ui_url else ctx.settings.prefect.ui
 
 
 def add_run_tags(*run_tags: str) -> None:

@@ -21,7 +21,14 @@ from urllib.parse import urlsplit
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName, TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -31,6 +38,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
+from prompt_processing.adapters import prefect_api
 from prompt_processing.model import naming
 from tests.helpers import wait_for
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture, used by name)
@@ -168,6 +176,7 @@ def test_dashboard_and_an_activator_run_page_show_the_visit_detector(
     pipeline: Pipeline,
     tmp_path: Path,
 ) -> None:
+    prefect_api.deploy_all(pipeline.settings, Path.cwd())  # the rerun deployment, for the artifact's link
     group = f"ui-{uuid.uuid4().hex[:8]}"
     body = pipeline.announce(group)
     pipeline.land(body)
@@ -190,3 +199,38 @@ def test_dashboard_and_an_activator_run_page_show_the_visit_detector(
         link = wait_until(driver, task_run_listed(task_name, task_run_id), f"task run {task_name} listed", run_page)
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
         driver.save_screenshot(str(run_page))
+
+        # The visit-detector's artifact links to the rerun deployment's run form, pre-filled for it.
+        rerun_form = rerun_link_of(group)
+        form_shot = tmp_path / "ui-rerun-form.png"
+        show(driver, rerun_form, field_holding(group), f"the run form with group {group}", form_shot)
+        assert field_holding("0")(driver) is not None, f"detector not pre-filled; screenshot {form_shot}"
+
+
+def rerun_link_of(group: str) -> str:
+    """The rerun link in the latest version of the visit-detector's artifact."""
+    key = naming.visit_artifact_key("LATISS", group, 0)
+    with get_client(sync_client=True) as client:
+
+        def linked() -> str | None:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            match = re.search(r"\[Rerun it\]\((\S+)\)", str(found[-1].data)) if found else None
+            return match[1] if match else None
+
+        wait_for(lambda: linked() is not None, what=f"the rerun link in artifact {key}")
+        link = linked()
+    assert link is not None
+    return link
+
+
+def field_holding(value: str) -> Callable[[WebDriver], WebElement | None]:
+    """A text input or textarea of the page whose value is ``value``."""
+
+    def holding(driver: WebDriver) -> WebElement | None:
+        for field in driver.find_elements(By.CSS_SELECTOR, "input, textarea"):
+            if field.get_attribute("value") == value:
+                return field
+        return None
+
+    return holding
+
