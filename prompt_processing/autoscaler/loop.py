@@ -352,7 +352,8 @@ class Autoscaler:
         self.last[record.instrument] = record
         news = bool(record.created or record.decision.new_jobs or record.error) or not record.same_as(previous)
         payload = record.payload()
-        log.log(logging.INFO if news else logging.DEBUG, "decision %s", json.dumps(payload))
+        level = logging.INFO if news else logging.DEBUG
+        log.log(level, "decision %s", json.dumps(payload), extra={"pp_decision": payload})
         if news or self.config.emit_unchanged:
             target = self._targets.get(record.deployment)
             related = [] if target is None else [{"prefect.resource.id": f"prefect.deployment.{target.deployment_id}",
