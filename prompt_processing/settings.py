@@ -303,6 +303,17 @@ class AutoscalerSettings(BaseModel):
     health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the autoscaler refreshes.")
 
 
+class ReporterSettings(BaseModel):
+    """`pp reporter`: the nights' artifacts and the activators' metrics, from the results streams."""
+
+    name: str | None = Field(None, description="This process's name in logs and its health key; default: host name.")
+    artifact_every_s: float = Field(10.0, gt=0, description="Most often a night's artifacts get a new version.")
+    table_rows: int = Field(2000, ge=10, le=100_000, description="Rows of a night's table artifact (failures first).")
+    keep_nights: int = Field(2, ge=1, le=7, description="Nights kept in memory (tonight and the ones before).")
+    block_s: float = Field(1.0, gt=0, le=30, description="Longest wait for new outcomes per loop turn.")
+    health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the reporter refreshes.")
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `pp stack up` (dev kit only)."""
 
@@ -373,6 +384,7 @@ class Settings(BaseSettings):
     activator: ActivatorSettings = ActivatorSettings()
     visit: VisitSettings = VisitSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
+    reporter: ReporterSettings = ReporterSettings()
     stack: StackSettings = StackSettings()
     instruments: dict[str, InstrumentSettings] = Field(
         default_factory=_default_instruments,

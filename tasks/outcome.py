@@ -18,12 +18,10 @@ cannot be written is logged, never fails the visit-detector.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
-from urllib.parse import quote
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -35,7 +33,7 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, Failed
 
 from prompt_processing.activator.context import ProcessingContext
-from prompt_processing.adapters import results
+from prompt_processing.adapters import prefect_api, results
 from prompt_processing.model import naming
 from prompt_processing.model.errors import NonRetriableError
 
@@ -57,6 +55,7 @@ class VisitOutcome:
     status: Status
     day_obs: str = ""
     reason: str = ""
+    error: str = ""  # a failure's error type (ImageTimeout, ObjectMissing, ...): what reports group by
     stopped_at: str = ""  # the step a failure stopped in
     deliveries: int = 1
     n_alerts: int = 0
@@ -133,12 +132,9 @@ def rerun_link(ctx: ProcessingContext, outcome: VisitOutcome) -> str | None:
     deployment_id = _rerun_deployment_id(ctx)
     if deployment_id is None:
         return None
-    parameters = {"instrument": outcome.instrument, "group": outcome.group, "detector": outcome.detector}
-    if outcome.run_id:
-        parameters["rerun_of"] = outcome.run_id
-    # The UI reads `parameters` as encodeURIComponent(JSON), itself encoded once more in the URL.
-    encoded = quote(quote(json.dumps(parameters, separators=(",", ":")), safe=""), safe="")
-    return f"{_ui_url(ctx)}/deployments/deployment/{deployment_id}/run?parameters={encoded}"
+    parameters = {"instrument": outcome.instrument, "group": outcome.group, "detector": outcome.detector,
+                  "rerun_of": outcome.run_id}  # fmt: skip
+    return prefect_api.run_form_url(_ui_url(ctx), deployment_id, parameters)
 
 
 def _ui_url(ctx: ProcessingContext) -> str:

@@ -69,6 +69,7 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
         outcome.status, outcome.reason, outcome.stopped_at = "failed", str(exc), clock.step
+        outcome.error = type(exc).__name__
     else:
         outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
         outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs

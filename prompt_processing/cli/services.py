@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=PANEL)(fanout)
     app.command(rich_help_panel=PANEL)(router)
     app.command(rich_help_panel=PANEL)(autoscale)
+    app.command(rich_help_panel=PANEL)(reporter)
 
 
 def topics(ctx: typer.Context) -> None:
@@ -72,6 +73,17 @@ def autoscale(
 
     specs = load_specs(spec or settings.autoscaler.spec_file)
     raise typer.Exit(Autoscaler(settings, specs).run())
+
+
+def reporter(ctx: typer.Context, check: CheckOption = False) -> None:
+    """Run the reporter: the nights' table artifacts, kept current from the results streams."""
+    settings = state(ctx).settings
+    if check:
+        raise typer.Exit(check_health(settings, "reporter", settings.reporter.name))
+    from prompt_processing.model.instruments import active_detector_table
+    from prompt_processing.services.reporter import ReporterService
+
+    raise typer.Exit(ReporterService(settings, list(active_detector_table(settings.instruments))).run())
 
 
 def check_health(settings: Settings, kind: str, name: str | None) -> int:

@@ -29,6 +29,7 @@ class Outcome:
     recorded_at: float  # unix s, from the stream entry id
     day_obs: str = ""
     reason: str = ""
+    error: str = ""
     stopped_at: str = ""
     deliveries: int = 1
     n_alerts: int = 0
@@ -58,6 +59,7 @@ def parse(instrument: str, entry_id: str, fields: dict[str, str]) -> Outcome:
         recorded_at=int(entry_id.split("-", maxsplit=1)[0]) / 1000,
         day_obs=fields.get("day_obs", ""),
         reason=fields.get("reason", ""),
+        error=fields.get("error", ""),
         stopped_at=fields.get("stopped_at", ""),
         deliveries=int(fields.get("deliveries", 1)),
         n_alerts=int(fields.get("n_alerts", 0)),

@@ -1,0 +1,94 @@
+"""The reporter service and `pp report` on the real stack, checked against independent reads."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from prompt_processing.adapters.results import read_results
+from prompt_processing.cli import main
+from prompt_processing.model import naming
+from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
+from prompt_processing.services.reporter import ReporterService
+from prompt_processing.settings import ReporterSettings
+from tests.helpers import consume_all, wait_for
+from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
+
+
+@contextmanager
+def serving(service: ReporterService) -> Iterator[ReporterService]:
+    """The service's lifecycle in a thread: startup, ticks until asked to exit, shutdown."""
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        service.startup()
+        try:
+            while not service.should_exit:
+                service.tick()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            service.shutdown()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.request_exit()
+        thread.join(30)
+        assert not thread.is_alive() and not errors, errors
+
+
+def latest_artifact(key: str) -> Any:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return max(found, key=lambda a: a.created) if found else None
+
+
+@pytest.mark.timeout(180)
+def test_the_night_artifact_and_pp_report_count_what_is_there(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fine = pipeline.announce("rp-fine")
+    pipeline.land(fine)
+    pipeline.announce("rp-lost", duration_s=0.5)  # its image never comes
+    night = day_obs(fine["startTime"] - TAI_MINUS_UTC_S)
+    settings = pipeline.settings.model_copy(update={"reporter": ReporterSettings(artifact_every_s=0.2, block_s=0.2)})
+    with serving(ReporterService(settings, ["LATISS"])) as reporter:
+        thread, counts = _activator_in_thread()
+        thread.join(60)
+        assert (counts["succeeded"], counts["failed"]) == (1, 1)
+        key = naming.night_artifact_key("LATISS", night)
+        wait_for(lambda: (a := latest_artifact(key)) is not None and len(json.loads(a.data)) == 2,
+                 what=f"the {key} table with both visit-detectors")  # fmt: skip
+        rows = {row["visit"]: row for row in json.loads(latest_artifact(key).data)}
+        assert reporter.written >= 1
+    assert (rows["rp-fine"]["status"], rows["rp-lost"]["status"]) == ("succeeded", "failed")
+    assert "no raw image" in rows["rp-lost"]["reason"] and rows["rp-fine"]["landed -> alerts (s)"] > 0
+    assert "1 succeeded, 1 failed, 0 ignored" in latest_artifact(f"{key}-summary").data
+
+    # pp report: its figures against an independent read of the results and of the alerts topic.
+    recorded = {r["group"]: r for r in read_results(pipeline.redis, "LATISS")}
+    n_alerts = int(recorded["rp-fine"]["n_alerts"])
+    on_topic = [json.loads(m.value()) for m in consume_all(pipeline.settings, pipeline.settings.kafka.alerts_topic,
+                                                           n_alerts + 1, timeout_s=5)]  # fmt: skip
+    assert len(on_topic) == n_alerts >= 3  # one more was asked for: none may come
+    monkeypatch.setenv("PP_PREFECT__PORT", str(pipeline.settings.prefect.port))
+    monkeypatch.setenv("PP_KAFKA__ALERTS_TOPIC", pipeline.settings.kafka.alerts_topic)
+    capsys.readouterr()
+    assert main(["report", "--night", night, "--instrument", "LATISS", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().err
+    assert "succeeded / failed / ignored" in printed and "1 / 1 / 0" in printed
+    assert f"{n_alerts} / {n_alerts}" in printed  # alerts recorded / on the alerts topic
+    assert "ImageTimeout in wait_for_images" in printed
+    png = tmp_path / f"LATISS-night-{night}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
