@@ -314,6 +314,17 @@ class ReporterSettings(BaseModel):
     health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the reporter refreshes.")
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus endpoints (``GET /metrics``) of the long-running services; a port of 0 picks a free one."""
+
+    enabled: bool = Field(True, description="Serve the metrics endpoints.")
+    host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 in a pod, so Prometheus can scrape it).")
+    fanout_port: int = Field(19101, ge=0, le=65535)
+    router_port: int = Field(19102, ge=0, le=65535)
+    autoscaler_port: int = Field(19103, ge=0, le=65535)
+    reporter_port: int = Field(19104, ge=0, le=65535)
+
+
 class StackSettings(BaseModel):
     """The embedded stack started by `pp stack up` (dev kit only)."""
 
@@ -385,6 +396,7 @@ class Settings(BaseSettings):
     visit: VisitSettings = VisitSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     reporter: ReporterSettings = ReporterSettings()
+    metrics: MetricsSettings = MetricsSettings()
     stack: StackSettings = StackSettings()
     instruments: dict[str, InstrumentSettings] = Field(
         default_factory=_default_instruments,

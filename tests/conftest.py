@@ -22,6 +22,7 @@ from prompt_processing.settings import (
     FanoutSettings,
     InstrumentSettings,
     KafkaSettings,
+    MetricsSettings,
     PrefectSettings,
     RedisSettings,
     RouterSettings,
@@ -51,6 +52,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         s3=S3Settings(port=free_port()),
         prefect=PrefectSettings(port=PREFECT_PORT),
         router=RouterSettings(http_port=0),
+        metrics=MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0),
         stack=StackSettings(state_dir=state_dir),
     )
     stack = Stack(settings)

@@ -54,6 +54,7 @@ from prompt_processing.settings import (
     VisitSettings,
 )
 from tests.helpers import Running, flow_run_env, visit_body, wait_for
+from tests.test_metrics import scrape
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -332,7 +333,11 @@ def test_decision_is_emitted_as_a_prefect_event(settings: Settings, redis_client
     announce(settings, "HSC", "visit-3", (0, 1, 2))
     with started(Autoscaler(settings, [job])) as autoscaler:
         record = autoscaler.scale(job)
+        scraped = scrape(autoscaler.metrics_port)
     assert record is not None and len(record.created) == 2
+    assert scraped[("pp_queue_lag", (("instrument", "HSC"),))] == 3
+    assert scraped[("pp_autoscaler_runs_created_total", (("instrument", "HSC"),))] == 2
+    assert scraped[("pp_autoscaler_decision_seconds_count", (("instrument", "HSC"),))] == 1
     wanted = EventFilter(event=EventNameFilter(name=[EVENT_NAME]),
                          resource=EventResourceFilter(id=["pp.autoscaler.hsc"]))  # fmt: skip
 

@@ -19,7 +19,7 @@ from prompt_processing.model import naming
 from prompt_processing.model.events import FanOutEntry, NextVisit
 from prompt_processing.model.instruments import LSSTCAM_PRODUCTION_DISABLED
 from prompt_processing.services.fanout import FanOutService, LatencyWindow
-from prompt_processing.settings import Settings
+from prompt_processing.settings import Settings, export_env
 from tests.helpers import RunningFanOut, consume_all, produce, visit_body, wait_for
 
 LSSTCAM_ACTIVE = [d for d in range(189) if d not in LSSTCAM_PRODUCTION_DISABLED]
@@ -140,6 +140,7 @@ def _env(settings: Settings) -> dict[str, str]:
         "PP_FANOUT__GROUP_ID": f.group_id,
         "PP_FANOUT__CONSUMER_NAME": f.consumer_name or "",
         "PP_INSTRUMENTS": json.dumps({"LSSTCam": {"disabled_detectors": "production"}}),
+        **export_env(settings, "metrics"),  # free ports
     }
 
 

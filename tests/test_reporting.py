@@ -20,6 +20,7 @@ from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.services.reporter import ReporterService
 from prompt_processing.settings import ReporterSettings
 from tests.helpers import consume_all, wait_for
+from tests.test_metrics import scrape
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
 
 
@@ -72,6 +73,12 @@ def test_the_night_artifact_and_pp_report_count_what_is_there(
                  what=f"the {key} table with both visit-detectors")  # fmt: skip
         rows = {row["visit"]: row for row in json.loads(latest_artifact(key).data)}
         assert reporter.written >= 1
+        scraped = scrape(reporter.metrics_port)
+    for status in ("succeeded", "failed"):
+        assert scraped[("pp_visits_total", (("instrument", "LATISS"), ("outcome", status)))] == 1
+    assert scraped[("pp_landed_to_alerts_seconds_count", (("instrument", "LATISS"),))] == 1
+    memory = [v for (name, _labels), v in scraped.items() if name == "pp_activator_max_rss_bytes"]
+    assert len(memory) == 1 and memory[0] > 50e6  # one activator, a Python process with numpy and Prefect
     assert (rows["rp-fine"]["status"], rows["rp-lost"]["status"]) == ("succeeded", "failed")
     assert "no raw image" in rows["rp-lost"]["reason"] and rows["rp-fine"]["landed -> alerts (s)"] > 0
     assert "1 succeeded, 1 failed, 0 ignored" in latest_artifact(f"{key}-summary").data

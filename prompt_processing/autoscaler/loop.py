@@ -77,6 +77,7 @@ from prompt_processing.autoscaler.rules import Decision, decide
 from prompt_processing.autoscaler.spec import Metric, ScaledJobSpec
 from prompt_processing.model.queue_contract import QueueContract
 from prompt_processing.services.lifecycle import serve
+from prompt_processing.services.metrics import AutoscalerMetrics, MetricsServer
 from prompt_processing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ class Autoscaler:
         self._failures = {s.instrument: 0 for s in self.specs}
         self._pool_limits_set = not self.config.set_work_pool_limit
         self.health_key = HealthKey(self._redis, "autoscaler", self.name, ttl_s=self.config.health_ttl_s)
+        self.metrics = AutoscalerMetrics()
+        self._metrics_server = MetricsServer(self.metrics.registry)
+        self.metrics_port: int | None = None  # bound by startup
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -187,6 +191,10 @@ class Autoscaler:
                           f"{s.max_replica_count}, every {s.polling_interval_s:g} s)" for s in self.specs)  # fmt: skip
         wake = "on new entries and " if self.config.wake_on_entries else ""
         log.info("autoscaler %s (session %s) scales %s %son its polling interval", self.name, self.session, names, wake)
+        m = self.settings.metrics
+        if m.enabled:
+            self.metrics_port = self._metrics_server.start(m.host, m.autoscaler_port)
+            self._resources.callback(self._metrics_server.stop)
 
     def request_exit(self) -> None:
         """Stop after the tick in progress; safe from signal handlers and other threads."""
@@ -347,7 +355,8 @@ class Autoscaler:
                       spec.instrument, type(exc).__name__, exc)  # fmt: skip
 
     def _report(self, record: ScaleRecord) -> None:
-        """One JSON log line per decision; a Prefect event when it says something new."""
+        """The metrics; one JSON log line per decision; a Prefect event when it says something new."""
+        self._measure(record)
         previous = self.last.get(record.instrument)
         self.last[record.instrument] = record
         news = bool(record.created or record.decision.new_jobs or record.error) or not record.same_as(previous)
@@ -361,6 +370,17 @@ class Autoscaler:
             resource = {"prefect.resource.id": f"pp.autoscaler.{record.instrument.lower()}",
                         "prefect.resource.name": f"autoscaler {record.instrument}"}  # fmt: skip
             emit_event(event=EVENT_NAME, resource=resource, related=related, payload=payload)
+
+    def _measure(self, record: ScaleRecord) -> None:
+        m, instrument = self.metrics, record.instrument
+        m.lag.labels(instrument).set(record.queue.lag)
+        m.pending.labels(instrument).set(record.queue.pending)
+        m.stale.labels(instrument).set(record.queue.stale_pending)
+        m.length.labels(instrument).set(record.queue.stream_length)
+        m.runs.labels(instrument, "unfinished").set(record.jobs.running)
+        m.runs.labels(instrument, "not started").set(record.jobs.pending)
+        m.created.labels(instrument).inc(len(record.created))
+        m.decision.labels(instrument).observe(record.measured_ms / 1e3)
 
     def _set_pool_limits(self) -> None:
         """Each work pool's concurrency limit := sum of maxReplicaCount of the specs using it."""

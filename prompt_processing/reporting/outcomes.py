@@ -38,6 +38,7 @@ class Outcome:
     processed_by: str = ""
     run_id: str = ""  # the task run (activator) or flow run (rerun) that holds it
     rerun_of: str = ""
+    max_rss_bytes: int = 0  # peak memory of the process that recorded it
 
     @property
     def key(self) -> VisitDetector:
@@ -68,6 +69,7 @@ def parse(instrument: str, entry_id: str, fields: dict[str, str]) -> Outcome:
         processed_by=fields.get("processed_by", ""),
         run_id=fields.get("task_run_id") or fields.get("flow_run_id", ""),
         rerun_of=fields.get("rerun_of", ""),
+        max_rss_bytes=int(fields.get("max_rss_bytes", 0)),
     )
 
 

@@ -35,7 +35,8 @@ from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model import naming
 from prompt_processing.model.admission import Rejected, admit
 from prompt_processing.model.instruments import active_detector_table
-from prompt_processing.services.kafka_service import KafkaService, ServiceConfig
+from prompt_processing.services.kafka_service import KafkaService, MetricsEndpoint, ServiceConfig
+from prompt_processing.services.metrics import FanOutMetrics
 from prompt_processing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,10 @@ class FanOutService(KafkaService):
         client = redis.Redis.from_url(
             settings.redis.url, socket_timeout=settings.redis.socket_timeout_s, health_check_interval=10
         )
-        super().__init__(k, settings.retry, config, client)
+        self.metrics = FanOutMetrics()
+        m = settings.metrics
+        endpoint = MetricsEndpoint(self.metrics.registry, m.host, m.fanout_port) if m.enabled else None
+        super().__init__(k, settings.retry, config, client, endpoint)
         self.settings = settings
         self.stats = FanOutStats()
         self._clock = clock_utc_s
@@ -136,14 +140,21 @@ class FanOutService(KafkaService):
         except Rejected as rejected:
             self.dead_letter(message, str(rejected.kind), rejected.reason)
             self.stats.dead_lettered[str(rejected.kind)] += 1
+            self.metrics.messages.labels("dead_lettered").inc()
+            self.metrics.dead_lettered.labels(str(rejected.kind)).inc()
             return
         written = self.retrying("redis", lambda: self._writer.write(visit, instrument, detectors))
         if written:
+            latency_s = time.perf_counter() - received_at
             self.stats.fanned_out += 1
             self.stats.entries_written += written
-            self.stats.latencies_ms.append((time.perf_counter() - received_at) * 1e3)
+            self.stats.latencies_ms.append(latency_s * 1e3)
+            self.metrics.messages.labels("fanned_out").inc()
+            self.metrics.entries.inc(written)
+            self.metrics.latency.observe(latency_s)
         else:
             self.stats.duplicates += 1
+            self.metrics.messages.labels("duplicate").inc()
             log.info("visit %s/%s already fanned out; skipped", instrument, visit.groupId)
 
     def health(self) -> dict[str, Any]:

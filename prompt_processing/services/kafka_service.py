@@ -25,18 +25,29 @@ from typing import Any
 import redis
 import tenacity
 from confluent_kafka import KafkaError, Message
+from prometheus_client import CollectorRegistry
 
 from prompt_processing.adapters import kafka
 from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.retry import retrying
 from prompt_processing.model import naming
 from prompt_processing.services.lifecycle import serve, shutdown_deadline
+from prompt_processing.services.metrics import MetricsServer
 from prompt_processing.settings import KafkaSettings, RetrySettings
 
 log = logging.getLogger(__name__)
 
 TRANSPORT_ERRORS = (redis.RedisError, ConnectionError, OSError)
 """What ``KafkaService.retrying`` retries: an outage of Redis, Kafka or S3, not a bad message."""
+
+
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where a service serves its registry (``services.metrics``); ``None`` for a service: no endpoint."""
+
+    registry: CollectorRegistry
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,9 @@ class KafkaService:
     """A consumer-group service; subclasses implement ``handle`` and ``health``."""
 
     def __init__(
-        self, kafka_settings: KafkaSettings, retry: RetrySettings, config: ServiceConfig, client: redis.Redis
-    ) -> None:
+        self, kafka_settings: KafkaSettings, retry: RetrySettings, config: ServiceConfig, client: redis.Redis,
+        metrics: MetricsEndpoint | None = None,
+    ) -> None:  # fmt: skip
         self.kafka_settings = kafka_settings
         self.retry = retry
         self.config = config
@@ -73,6 +85,9 @@ class KafkaService:
         self._policies: dict[str, tenacity.Retrying] = {}
         self._consumer: Any = None
         self._producer: Any = None
+        self._metrics = metrics
+        self._metrics_server = MetricsServer(metrics.registry) if metrics is not None else None
+        self.metrics_port: int | None = None  # bound by startup
 
     # -- to implement ----------------------------------------------------------------------------
 
@@ -105,6 +120,8 @@ class KafkaService:
         self._producer = kafka.make_producer(self.kafka_settings)
         self._consumer = kafka.make_consumer(self.kafka_settings, self.config.group_id, client_id=self.config.name)
         self._consumer.subscribe([self.config.topic])
+        if self._metrics is not None and self._metrics_server is not None:
+            self.metrics_port = self._metrics_server.start(self._metrics.host, self._metrics.port)
 
     def request_exit(self) -> None:
         """Ask the loop to stop after the message in hand; safe from signal handlers and threads."""
@@ -124,6 +141,8 @@ class KafkaService:
                 log.warning("shutdown: %s", exc)
             finally:
                 self.on_shutdown()
+                if self._metrics_server is not None:
+                    self._metrics_server.stop()
                 self.redis.close()
         log.info("%s %s stopped: %s", self.config.kind, self.config.name, json.dumps(self.health()))
 

@@ -30,9 +30,10 @@ from prompt_processing.adapters.results import read_entries
 from prompt_processing.model import naming
 from prompt_processing.model.events import day_obs
 from prompt_processing.reporting.night import Night
-from prompt_processing.reporting.outcomes import parse
+from prompt_processing.reporting.outcomes import Outcome, parse
 from prompt_processing.reporting.report import NightArtifacts
 from prompt_processing.services.lifecycle import serve
+from prompt_processing.services.metrics import MetricsServer, ReporterMetrics
 from prompt_processing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class ReporterService:
         self._resources = ExitStack()
         self._artifacts: NightArtifacts | None = None
         self.health_key = HealthKey(self._redis, "reporter", self.name, ttl_s=self.config.health_ttl_s)
+        self.metrics = ReporterMetrics()
+        self._metrics_server = MetricsServer(self.metrics.registry)
+        self.metrics_port: int | None = None  # bound by startup
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
@@ -79,6 +83,10 @@ class ReporterService:
             self._fold(instrument, entries)
             self._last_ids[stream] = entries[-1][0] if entries else f"{int(since * 1000)}-0"
         log.info("reporter %s: %d nights of %s read back", self.name, len(self.nights), ", ".join(self.instruments))
+        m = self.settings.metrics
+        if m.enabled:
+            self.metrics_port = self._metrics_server.start(m.host, m.reporter_port)
+            self._resources.callback(self._metrics_server.stop)
 
     def request_exit(self) -> None:
         self.should_exit = True
@@ -96,7 +104,7 @@ class ReporterService:
             name = stream.decode() if isinstance(stream, bytes) else stream
             instrument = next(i for i in self.instruments if naming.results_stream(i) == name)
             decoded = [(_text(i), {_text(k): _text(v) for k, v in f.items()}) for i, f in entries]
-            self._fold(instrument, decoded)
+            self._fold(instrument, decoded, live=True)
             self._last_ids[name] = decoded[-1][0]
         if self._dirty and time.monotonic() - self._written_at >= self.config.artifact_every_s:
             self.write_dirty()
@@ -126,13 +134,24 @@ class ReporterService:
             self._dirty.discard(key)
             self.written += 1
 
-    def _fold(self, instrument: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    def _fold(self, instrument: str, entries: list[tuple[str, dict[str, str]]], *, live: bool = False) -> None:
+        """Add records to their nights; ``live`` ones (not read back at start) also to the metrics."""
         for entry_id, fields in entries:
             outcome = parse(instrument, entry_id, fields)
+            if live:
+                self._measure(outcome)
             key = (instrument, outcome.day_obs or day_obs(outcome.recorded_at))
             self.nights.setdefault(key, Night(*key)).add(outcome)
             self._dirty.add(key)
         self._forget_old_nights()
+
+    def _measure(self, outcome: Outcome) -> None:
+        m = self.metrics
+        m.visits.labels(outcome.instrument, outcome.status).inc()
+        if outcome.latency_s is not None:
+            m.latency.labels(outcome.instrument).observe(outcome.latency_s)
+        if outcome.processed_by and outcome.max_rss_bytes:
+            m.activator_memory(outcome.instrument, outcome.processed_by, outcome.max_rss_bytes)
 
     def _forget_old_nights(self) -> None:
         keep = sorted({night for (_i, night) in self.nights}, reverse=True)[: self.config.keep_nights]

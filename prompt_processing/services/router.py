@@ -33,7 +33,8 @@ from prompt_processing.adapters import s3
 from prompt_processing.model import naming
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.model.layout import LayoutError, RawKey, parse_raw_key
-from prompt_processing.services.kafka_service import KafkaService, ServiceConfig
+from prompt_processing.services.kafka_service import KafkaService, MetricsEndpoint, ServiceConfig
+from prompt_processing.services.metrics import RouterMetrics
 from prompt_processing.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,10 @@ class RouterService(KafkaService):
             poll_timeout_s=r.poll_timeout_s, health_ttl_s=r.health_ttl_s, shutdown_deadline_s=r.shutdown_deadline_s,
         )  # fmt: skip
         client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
-        super().__init__(k, settings.retry, config, client)
+        self.metrics = RouterMetrics()
+        m = settings.metrics
+        endpoint = MetricsEndpoint(self.metrics.registry, m.host, m.router_port) if m.enabled else None
+        super().__init__(k, settings.retry, config, client, endpoint)
         self.settings = settings
         self.counts: Counter[str] = Counter()
         self._s3 = s3.make_client(settings.s3)
@@ -106,6 +110,7 @@ class RouterService(KafkaService):
 
     def handle(self, message: Message, received_at: float) -> None:
         self.counts["notifications"] += 1
+        self.metrics.notifications.inc()
         try:
             records = parse_notification(message.value())
         except BadNotification as exc:
@@ -124,6 +129,7 @@ class RouterService(KafkaService):
         raw = parse_raw_key(key)
         if raw.ext == "fits":
             self.counts["images"] += 1
+            self.metrics.images.inc()
             return
         sidecar = self.retrying("s3", lambda: _get_retrying(self._s3, bucket, key))
         group, snap = presence_from_sidecar(sidecar, raw)
@@ -141,10 +147,12 @@ class RouterService(KafkaService):
 
         self.retrying("redis", record)
         self.counts["presences"] += 1
+        self.metrics.presences.inc()
 
     def _reject(self, message: Message, kind: str, reason: str) -> None:
         self.dead_letter(message, kind, reason)
         self.counts[f"dead_lettered_{kind}"] += 1
+        self.metrics.dead_lettered.labels(kind).inc()
 
     def health(self) -> dict[str, Any]:
         return dict(self.counts)
