@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prompt_processing.adapters.prefect_api import DeployError, work_pools
+from prompt_processing.adapters.prefect_api import DeployError, automations, work_pools
 from prompt_processing.autoscaler.spec import load_specs
 from prompt_processing.model import naming
 from prompt_processing.settings import DEFAULT_INSTRUMENTS, Settings
@@ -41,3 +41,12 @@ def test_deployments_are_the_ones_the_code_and_the_autoscaler_name() -> None:
     names = deployment_names()
     assert names == {naming.activator_deployment(i) for i in DEFAULT_INSTRUMENTS} | {naming.RERUN_DEPLOYMENT}
     assert {s.deployment for s in load_specs(ROOT / "deployments" / "autoscaler.yaml")} <= names
+
+
+def test_the_shipped_automations_react_to_events_the_code_emits() -> None:
+    from tasks.outcome import EVENTS
+
+    (failed,) = automations(ROOT)
+    assert failed.trigger["expect"] == [EVENTS["failed"]] and not failed.enabled
+    assert failed.trigger["match"] == {"prefect.resource.id": "pp.visit.*"}
+    assert failed.notify.block == "slack-webhook/pp-operators"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -151,3 +155,43 @@ def _finished(client: SyncPrefectClient, run_id: UUID) -> Any:
     wait_for(lambda: (r := client.read_flow_run(run_id)).state is not None and r.state.is_final(),
              timeout_s=120, what="the rerun to finish")  # fmt: skip
     return client.read_flow_run(run_id)
+
+
+@pytest.mark.timeout(180)
+def test_the_shipped_automation_notifies_an_operator_of_a_failed_visit(pipeline: Pipeline) -> None:
+    """`deployments/automations.yaml`'s pp-visit-failed, with a webhook block as the operator's
+    channel and enabled: a visit-detector fails, the webhook receives its reason."""
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = f"pp-hook-{uuid.uuid4().hex[:6]}"
+        CustomWebhookNotificationBlock(name=hook, url=f"http://127.0.0.1:{server.server_port}/hook",
+                                       json_data={"subject": "{{subject}}", "body": "{{body}}"}).save(hook)  # fmt: skip
+        (shipped,) = prefect_api.automations(Path.cwd())
+        notify = shipped.notify.model_copy(update={"block": f"custom-webhook/{hook}"})
+        enabled = shipped.model_copy(update={"name": f"{shipped.name}-{hook}", "enabled": True, "notify": notify})
+        assert prefect_api.ensure_automations(pipeline.settings, [enabled]) == {enabled.name: "created"}
+        assert prefect_api.ensure_automations(pipeline.settings, [enabled]) == {enabled.name: "updated"}
+        pipeline.announce("op-notify", duration_s=0.5)  # its image never comes
+        thread, counts = _activator_in_thread()
+        thread.join(60)
+        assert counts["failed"] == 1
+        wait_for(lambda: any("op-notify" in m["subject"] for m in received), timeout_s=90, what="the notification")
+    finally:
+        server.shutdown()
+        server.server_close()
+    (message,) = [m for m in received if "op-notify" in m["subject"]]
+    assert message["subject"] == "Prompt processing: LATISS op-notify det0 failed"
+    assert "failed in wait_for_images (delivery 1):\nno raw image for LATISS visit op-notify" in message["body"]
+    assert "pp rerun LATISS op-notify 0" in message["body"]

@@ -19,7 +19,9 @@ from uuid import UUID
 import yaml  # type: ignore[import-untyped]
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.events.actions import SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,6 +29,7 @@ from prompt_processing.settings import Settings
 
 PREFECT_YAML = "prefect.yaml"
 WORK_POOLS_YAML = "deployments/work-pools.yaml"
+AUTOMATIONS_YAML = "deployments/automations.yaml"
 
 
 class WorkPoolDefinition(BaseModel):
@@ -37,6 +40,26 @@ class WorkPoolDefinition(BaseModel):
     name: str = Field(min_length=1)
     type: str = Field(min_length=1, description="Prefect worker type: process, kubernetes, ...")
     description: str = ""
+
+
+class Notify(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block: str = Field(pattern=r"^[a-z0-9-]+/[^/]+$", description="<block type slug>/<block name>.")
+    subject: str
+    body: str
+
+
+class AutomationDefinition(BaseModel):
+    """One entry of ``deployments/automations.yaml``: a Prefect event trigger and a notification."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    enabled: bool = False
+    trigger: dict[str, Any]
+    notify: Notify
 
 
 class DeployError(RuntimeError):
@@ -75,20 +98,73 @@ def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> li
     return created
 
 
+def automations(project_dir: Path) -> list[AutomationDefinition]:
+    """The automations of ``deployments/automations.yaml`` (none if the file is absent)."""
+    path = project_dir / AUTOMATIONS_YAML
+    if not path.exists():
+        return []
+    try:
+        return [AutomationDefinition.model_validate(e) for e in _read_yaml(path).get("automations") or []]
+    except ValidationError as exc:
+        raise DeployError(f"{path}: invalid automation: {exc}") from exc
+
+
+def ensure_automations(settings: Settings, definitions: list[AutomationDefinition]) -> dict[str, str]:
+    """Create or update each automation whose notification block exists; name -> what was done.
+
+    An existing automation keeps its enabled/paused state (an operator's choice); a missing block
+    is reported, not created.
+    """
+    done: dict[str, str] = {}
+    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+        for definition in definitions:
+            slug, block_name = definition.notify.block.split("/", 1)
+            try:
+                block = client.read_block_document_by_name(block_name, slug, include_secrets=False)
+            except ObjectNotFound:
+                done[definition.name] = (f"not created: no {definition.notify.block} notification block "
+                                         "(create it, then run pp deploy again)")  # fmt: skip
+                continue
+            existing = client.read_automations_by_name(definition.name)
+            automation = AutomationCore(
+                name=definition.name, description=definition.description,
+                enabled=existing[0].enabled if existing else definition.enabled,
+                trigger=EventTrigger.model_validate(definition.trigger),
+                actions=[SendNotification(block_document_id=block.id, subject=definition.notify.subject,
+                                          body=definition.notify.body)],
+            )  # fmt: skip
+            if existing:
+                client.update_automation(existing[0].id, automation)
+                done[definition.name] = "updated"
+            else:
+                client.create_automation(automation)
+                done[definition.name] = "created" if automation.enabled else "created (disabled: enable to be notified)"
+    return done
+
+
 def deploy_all(settings: Settings, project_dir: Path, *, log: Path | None = None) -> None:
-    """Create the work pools, then `prefect deploy --all` in ``project_dir`` (where prefect.yaml is);
-    its output goes to ``log`` if given, else to stdout. DeployError with the output's tail if it fails."""
+    """Create the work pools, then `prefect deploy --all` in ``project_dir`` (where prefect.yaml is), then
+    the automations; the output goes to ``log`` if given, else to stdout. DeployError with the output's
+    tail if `prefect deploy` fails."""
     ensure_work_pools(settings, work_pools(project_dir))
     command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
     done = subprocess.run(
         command, cwd=project_dir, env=prefect_env(settings), capture_output=True, text=True, check=False
     )
-    if log is not None:
-        log.write_text(done.stdout + done.stderr)
-    else:
-        print(done.stdout, end="")
     if done.returncode != 0:
+        _write(log, done.stdout + done.stderr, console=done.stdout)
         raise DeployError(f"prefect deploy --all failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+    outcome = ensure_automations(settings, automations(project_dir))
+    summary = "".join(f"automation {name}: {what}\n" for name, what in outcome.items())
+    _write(log, done.stdout + done.stderr + summary, console=done.stdout + summary)
+
+
+def _write(log: Path | None, text: str, *, console: str | None = None) -> None:
+    """``text`` to ``log`` if given, else ``console`` (or ``text``) to stdout."""
+    if log is not None:
+        log.write_text(text)
+    else:
+        print(text if console is None else console, end="")
 
 
 def prefect_worker_command(settings: Settings, *, limit: int | None = None) -> list[str]:
