@@ -1,16 +1,17 @@
 """`make demo`: a local night end to end on the embedded stack.
 
 Brings up the stack (Redis, the Kafka-protocol broker, moto S3, the Prefect server), registers
-the deployments (`prefect deploy --all`), starts the fan-out, the arrival router, a Prefect
-worker and the autoscaler (`pp autoscale`, eager, min 1 activator, max one per detector) as
-processes, then plays a night: N visits x K detectors of LSSTCam, with images landing at the
-end of each exposure, plus a redelivered visit and four bad next-visit messages. The
-autoscaler creates activator flow runs as the entries land. The demo waits for every
-visit-detector's outcome, then for the activators to exit when idle and the pool to shrink
-back to the minimum, prints the report (latency image landed -> alerts sent, transients
-injected vs recovered, failures, peak activators and the count after idle, the Prefect UI
-address) and stops everything it started (the autoscaler's last warm run is cancelled);
-services already running are left alone.
+the deployments (`pp deploy`), starts the fan-out, the arrival router, a Prefect worker, the
+autoscaler (`pp autoscale`, eager, min 1 activator, max one per detector) and the reporter (the
+night's artifacts) as processes, then plays a night: N visits x K detectors of LSSTCam, with
+images landing at the end of each exposure, plus a redelivered visit and four bad next-visit
+messages. The autoscaler creates activator flow runs as the entries land. The demo waits for
+every visit-detector's outcome, then for the activators to exit when idle and the pool to shrink
+back to the minimum, prints its report (latency image landed -> alerts sent, transients injected
+vs recovered, failures, peak activators and the count after idle, the Prefect UI address), then
+the operators' night report (`pp report`: figures, a PNG, the night's artifacts), and stops
+everything it started (the autoscaler's last warm run is cancelled); services already running
+are left alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from prefect.states import Cancelled
 from rich.console import Console
 from rich.table import Table
 
+import prompt_processing.cli
 from pp_devkit.demo_report import NightReport, print_report
 from pp_devkit.night import NightPlan, run_night
 from pp_devkit.stack import Stack
@@ -51,6 +53,7 @@ from prompt_processing.adapters.health import read_health
 from prompt_processing.autoscaler.metrics import UNFINISHED_STATES
 from prompt_processing.autoscaler.spec import ScaledJobSpec, dump_specs, parse_specs
 from prompt_processing.model import naming
+from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.model.instruments import LSSTCAM
 from prompt_processing.settings import ActivatorSettings, InstrumentSettings, QueueSettings, Settings, export_env
 
@@ -100,11 +103,14 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, activators: int
     try:
         with _services(settings, console, spec) as logs:
             night_started_at = time.time()
-            groups, expected = _night(settings, console, visits, size_px, client)
+            groups, expected, night = _night(settings, console, visits, size_px, client)
             report = NightReport.collect(settings, client, groups, expected)
             pool = _wait_for_minimum(settings, console, spec, night_started_at)
             print_report(console, settings, report, logs)
             _print_pool(console, spec, pool)
+            # The operators' night report: outcomes, failures, latency, alerts on the topic, a PNG, artifacts.
+            report_args = ["report", "--night", night, "--instrument", "LSSTCam", "--output-dir", str(logs.parent)]
+            prompt_processing.cli.main(report_args)
     finally:
         client.close()
         if started_here:
@@ -115,8 +121,8 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, activators: int
 
 def _night(
     settings: Settings, console: Console, visits: int, size_px: int, client: redis.Redis
-) -> tuple[list[str], int]:
-    """Play the night, wait for the outcomes; return (groups, outcomes expected)."""
+) -> tuple[list[str], int, str]:
+    """Play the night, wait for the outcomes; return (groups, outcomes expected, the night's dayObs)."""
     console.print("the autoscaler keeps the activator runs; the night begins")
     active = settings.instruments["LSSTCam"].only_detectors or []
     plan = NightPlan(LSSTCAM, tuple(active), visits, 10.0, 20.0, 5.0, (size_px, size_px), 5, seed=int(time.time()))
@@ -134,7 +140,8 @@ def _night(
     with console.status(f"waiting for {visits * len(active)} visit-detector outcomes"):
         while not done() and time.monotonic() < deadline:
             time.sleep(0.5)
-    return [body["groupId"] for body in sent], visits * len(active)
+    night = day_obs(sent[0]["startTime"] - TAI_MINUS_UTC_S)
+    return [body["groupId"] for body in sent], visits * len(active), night
 
 
 @contextmanager
@@ -164,6 +171,7 @@ def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iter
         "router": [sys.executable, "-m", "prompt_processing.cli", "router"],
         "prefect-worker": prefect_api.prefect_worker_command(settings),
         "autoscaler": [sys.executable, "-m", "prompt_processing.cli", "autoscale", "--spec", str(spec_file)],
+        "reporter": [sys.executable, "-m", "prompt_processing.cli", "reporter"],
     }
     # Runs an earlier demo left unfinished have no process (their Prefect worker is gone) but would count
     # as running for the autoscaler, as a Job stuck Running would for KEDA: retire them first.
