@@ -4,11 +4,14 @@ Subpackages, from the bottom up; each may import only those below it (checked by
 import-linter in ``make test``, see ``[tool.importlinter]`` in pyproject.toml):
 
 * ``settings`` (module): the one ``Settings`` object (``PP_*``); imports nothing of ours.
+* ``logs`` (module): one line per record, as text or JSON.
 * ``model``: what the system talks about, pure: the NextVisit event, instruments and their
   detectors, admission rules, object-store layout, Redis/Kafka names, the error types.
 * ``imaging``: the image algorithms of the ``process`` step, pure numpy.
 * ``adapters``: the outside world: Redis streams, Kafka, S3, the Prefect API, the retry policy.
-* ``services``: long-running processes on one lifecycle: the next-visit fan-out, the arrival router.
+* ``reporting``: outcomes read back from the results streams: nights, their artifacts and plot.
+* ``services``: long-running processes on one lifecycle: the next-visit fan-out, the arrival router,
+  the reporter; their Prometheus metrics.
 * ``activator``: what the activator flow runs on: its work queue and its processing context.
 * ``autoscaler``: KEDA ScaledJob semantics for the activator runs: rules, spec, measurement, loop.
 * ``cli``: the ``pp`` command.
