@@ -27,7 +27,9 @@ def scrape(port: int | None) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 def test_fanout_counts_messages_by_outcome_and_times_them(settings: Settings, redis_client: redis.Redis) -> None:
     with Running(FanOutService(settings)) as service:
         produce(settings, visit_body("LSSTCam", "m-1"), visit_body("LSSTCam", "m-1"), b"not json")
-        wait_for(lambda: service.stats.received == 3, what="three messages handled")
+        stats = service.stats
+        wait_for(lambda: (stats.fanned_out, stats.duplicates, sum(stats.dead_lettered.values())) == (1, 1, 1),
+                 what="three messages handled")  # fmt: skip
         samples = scrape(service.metrics_port)
     assert samples[("pp_fanout_messages_total", (("outcome", "fanned_out"),))] == 1
     assert samples[("pp_fanout_messages_total", (("outcome", "duplicate"),))] == 1
@@ -44,7 +46,8 @@ def test_router_counts_notifications_presences_and_rejects(settings: Settings, r
         _notify(settings, {"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-11-28T03:00:00Z",
                                         "s3": {"bucket": {"name": settings.s3.raw_bucket},
                                                "object": {"key": SIDECAR}}}]}, b"garbage")  # fmt: skip
-        wait_for(lambda: router.counts["notifications"] == 2, what="two notifications handled")
+        wait_for(lambda: (router.counts["presences"], router.counts["dead_lettered_malformed"]) == (1, 1),
+                 what="two notifications handled")  # fmt: skip
         samples = scrape(router.metrics_port)
     assert samples[("pp_router_notifications_total", ())] == 2
     assert samples[("pp_router_presences_total", ())] == 1

@@ -139,22 +139,22 @@ class FanOutService(KafkaService):
             )
         except Rejected as rejected:
             self.dead_letter(message, str(rejected.kind), rejected.reason)
-            self.stats.dead_lettered[str(rejected.kind)] += 1
             self.metrics.messages.labels("dead_lettered").inc()
             self.metrics.dead_lettered.labels(str(rejected.kind)).inc()
+            self.stats.dead_lettered[str(rejected.kind)] += 1
             return
         written = self.retrying("redis", lambda: self._writer.write(visit, instrument, detectors))
         if written:
             latency_s = time.perf_counter() - received_at
-            self.stats.fanned_out += 1
-            self.stats.entries_written += written
-            self.stats.latencies_ms.append(latency_s * 1e3)
             self.metrics.messages.labels("fanned_out").inc()
             self.metrics.entries.inc(written)
             self.metrics.latency.observe(latency_s)
+            self.stats.fanned_out += 1
+            self.stats.entries_written += written
+            self.stats.latencies_ms.append(latency_s * 1e3)
         else:
-            self.stats.duplicates += 1
             self.metrics.messages.labels("duplicate").inc()
+            self.stats.duplicates += 1
             log.info("visit %s/%s already fanned out; skipped", instrument, visit.groupId)
 
     def health(self) -> dict[str, Any]:

@@ -109,8 +109,8 @@ class RouterService(KafkaService):
         return f"http://{host!s}:{port}"
 
     def handle(self, message: Message, received_at: float) -> None:
-        self.counts["notifications"] += 1
         self.metrics.notifications.inc()
+        self.counts["notifications"] += 1
         try:
             records = parse_notification(message.value())
         except BadNotification as exc:
@@ -128,8 +128,8 @@ class RouterService(KafkaService):
     def _route(self, bucket: str, key: str, landed_at: str) -> None:
         raw = parse_raw_key(key)
         if raw.ext == "fits":
-            self.counts["images"] += 1
             self.metrics.images.inc()
+            self.counts["images"] += 1
             return
         sidecar = self.retrying("s3", lambda: _get_retrying(self._s3, bucket, key))
         group, snap = presence_from_sidecar(sidecar, raw)
@@ -146,13 +146,13 @@ class RouterService(KafkaService):
             pipe.execute()
 
         self.retrying("redis", record)
-        self.counts["presences"] += 1
         self.metrics.presences.inc()
+        self.counts["presences"] += 1
 
     def _reject(self, message: Message, kind: str, reason: str) -> None:
         self.dead_letter(message, kind, reason)
-        self.counts[f"dead_lettered_{kind}"] += 1
         self.metrics.dead_lettered.labels(kind).inc()
+        self.counts[f"dead_lettered_{kind}"] += 1
 
     def health(self) -> dict[str, Any]:
         return dict(self.counts)
