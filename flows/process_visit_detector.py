@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
@@ -43,7 +43,7 @@ def process_visit_detector(
 
     Args:
         instrument: The camera.
-        group: The visit's groupId, as in the failed run's name and tags (`group:<groupId>`).
+        group: The visit's groupId, as in the failed run's name (`<instrument>-<group>-det<NNN>`).
         detector: The detector id, e.g. 94 for LSSTCam R22_S11.
         rerun_of: The id of the run whose failure this repeats (set by `pp rerun` and the
             artifacts' rerun links); recorded with the outcome and tagged `rerun-of:<id>`.
@@ -54,8 +54,7 @@ def process_visit_detector(
                  *([naming.rerun_of_tag(rerun_of)] if rerun_of else []))  # fmt: skip
     ctx = ProcessingContext(settings, name=f"rerun-{socket.gethostname()}")
     try:
-        with tags(*naming.visit_tags(instrument, group, detector)):
-            outcome = run_visit_detector(ctx, _recorded_visit(ctx, instrument, group), detector)
+        outcome = run_visit_detector(ctx, _recorded_visit(ctx, instrument, group), detector)
         outcome.flow_run_id, outcome.rerun_of = str(flow_run.get_id() or ""), rerun_of
         append_result(ctx.redis, instrument, outcome.record(), retention_s=settings.visit.results_retention_s)
         report_outcome(ctx, outcome, get_run_logger())

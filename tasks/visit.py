@@ -5,8 +5,8 @@ Three names, three things:
 * ``run_visit_detector`` (this module): the plain function that runs the four steps.
 * the ``visit-detector`` task (``visit_detector_task``): how the activator runs it. Inside the
   activator's long-lived flow run each visit-detector is one task run named
-  ``<instrument>-<group>-det<NNN>`` (tags ``instrument:``, ``group:``, ``detector:``) with its
-  four steps nested under it, named ``<instrument>-<group>-det<NNN>:<step>``: visible in the UI
+  ``<instrument>-<group>-det<NNN>`` (tag ``instrument:<name>``) with its four steps nested
+  under it, named ``<instrument>-<group>-det<NNN>:<step>``: visible in the UI
   at task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s.
 * the ``process-visit-detector`` flow (``flows/process_visit_detector.py``): one flow run per
   visit-detector, deployed as ``process-visit-detector/rerun`` for manual reruns.

@@ -75,6 +75,7 @@ from prompt_processing.adapters.retry import retrying
 from prompt_processing.autoscaler.metrics import JobCounts, QueueMetrics, count_jobs, measure_queue
 from prompt_processing.autoscaler.rules import Decision, decide
 from prompt_processing.autoscaler.spec import Metric, ScaledJobSpec
+from prompt_processing.model import naming
 from prompt_processing.model.queue_contract import QueueContract
 from prompt_processing.services.lifecycle import serve
 from prompt_processing.services.metrics import AutoscalerMetrics, MetricsServer
@@ -324,7 +325,7 @@ class Autoscaler:
     ) -> tuple[list[str], str | None]:
         """Create ``n`` runs, each retried under its own idempotency key; return (run ids, error)."""
         created: list[str] = []
-        tags = [*TAGS, f"instrument:{spec.instrument}"]
+        tags = [*TAGS, naming.instrument_tag(spec.instrument)]
         parameters = spec.parameters | {"queue": contract.model_dump()}
         policy = retrying(self.settings.retry, f"flow-run creation for {spec.instrument}", retry_on=PREFECT_ERRORS,
                           attempts=self.config.create_attempts, give_up=lambda: self.should_exit)  # fmt: skip

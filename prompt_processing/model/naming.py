@@ -84,9 +84,14 @@ ACTIVATOR_BUSY_TAG = "busy"  # an activator run that processed at least one visi
 ACTIVATOR_IDLE_TAG = "idle"  # one that exited without work: hide these with a filter on `busy`
 
 
+def instrument_tag(instrument: str) -> str:
+    """Tag of the runs of one instrument (activators, visit-detector task runs, reruns)."""
+    return f"instrument:{instrument}"
+
+
 def visit_tags(instrument: str, group: str, detector: int) -> list[str]:
-    """Tags of every run of one visit-detector (task run, its steps, a rerun)."""
-    return [f"instrument:{instrument}", f"group:{group}", f"detector:{detector:03d}"]
+    """Tags of a rerun (a flow run) of one visit-detector."""
+    return [instrument_tag(instrument), f"group:{group}", f"detector:{detector:03d}"]
 
 
 def rerun_of_tag(run_id: str) -> str:
