@@ -39,7 +39,7 @@ from prompt_processing.model.events import NextVisit
 from prompt_processing.model.queue_contract import QueueContract
 from prompt_processing.settings import Settings
 from tasks.logs import configure_run_logging
-from tasks.outcome import VisitOutcome, add_run_tags, report_outcome
+from tasks.outcome import VisitOutcome, add_run_tags
 from tasks.visit import visit_detector_task
 
 COUNTS = ("succeeded", "ignored", "failed", "handed_back")
@@ -97,7 +97,7 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
     picked_up_at, start = time.time(), time.perf_counter()
     visit_task = _tagged_task(visit.instrument) if ctx.settings.visit.tag_task_runs else visit_detector_task
     with queue.holding(item):
-        state = visit_task(ctx, visit, detector, return_state=True)
+        state = visit_task(ctx, visit, detector, item.deliveries, return_state=True)
     wall_s = time.perf_counter() - start
     outcome = state.result(raise_on_failure=False)
     if not isinstance(outcome, VisitOutcome):  # a retriable error that outlasted the retries, or a bug
@@ -105,16 +105,14 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
                                  visit.instrument, visit.groupId, detector, outcome)  # fmt: skip
         queue.hand_back([item.entry_id])  # retried by the next read of any activator, up to max_deliveries
         return "handed_back"
-    outcome.deliveries = item.deliveries
     timing = {"pickup_ms": (outcome.started_at or picked_up_at) * 1e3 - item.queued_at_ms, "wall_s": wall_s,
               "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
     queue.finish(item, outcome.record() | timing)
-    report_outcome(ctx, outcome, get_run_logger())
     return outcome.status
 
 
 @functools.cache
-def _tagged_task(instrument: str) -> Task[[ProcessingContext, NextVisit, int], State[VisitOutcome]]:
+def _tagged_task(instrument: str) -> Task[[ProcessingContext, NextVisit, int, int], State[VisitOutcome]]:
     """The visit-detector task tagged ``instrument:<name>``, built once per instrument
     (``PP_VISIT__TAG_TASK_RUNS``).
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.transactions import CommitMode, transaction
@@ -31,7 +31,7 @@ from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError
 from prompt_processing.model.events import NextVisit
 from tasks.common import run_step
-from tasks.outcome import VisitOutcome, max_rss_bytes, outcome_state
+from tasks.outcome import VisitOutcome, max_rss_bytes, outcome_state, report_outcome
 from tasks.preload import preload
 from tasks.process import process
 from tasks.publish import publish
@@ -81,9 +81,14 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
 
 @task(name=naming.VISIT_DETECTOR_TASK, task_run_name="{visit.instrument}-{visit.groupId}-det{detector:03d}",
       cache_policy=NO_CACHE)  # fmt: skip
-def visit_detector_task(ctx: ProcessingContext, visit: NextVisit, detector: int) -> State[VisitOutcome]:
-    """One visit-detector as a task run whose state is its outcome (``tasks.outcome.outcome_state``)."""
+def visit_detector_task(
+    ctx: ProcessingContext, visit: NextVisit, detector: int, deliveries: int = 1
+) -> State[VisitOutcome]:
+    """One visit-detector as a task run whose state is its outcome (``tasks.outcome.outcome_state``);
+    its outcome line is in the task run's log, its event and artifact go out (``report_outcome``)."""
     outcome = run_visit_detector(ctx, visit, detector)
     task_run_id, flow_run_id = get_task_and_flow_run_ids()
     outcome.task_run_id, outcome.flow_run_id = str(task_run_id or ""), str(flow_run_id or "")
+    outcome.deliveries = deliveries
+    report_outcome(ctx, outcome, get_run_logger())
     return outcome_state(outcome)

@@ -51,7 +51,7 @@ def test_table_rows_put_failures_first_with_a_rerun_link_and_are_capped() -> Non
     night.add(outcome("bad", 0, "failed", 10, reason="corrupt FITS", run_id="task-9"))
     rows = night.table_rows(3, lambda o: f"https://ui/rerun/{o.run_id}")
     assert [row["visit"] for row in rows] == ["bad", "ok4", "ok3"]
-    assert rows[0]["rerun"] == "[rerun](https://ui/rerun/task-9)" and rows[1]["rerun"] == ""
+    assert rows[0]["rerun form"] == "https://ui/rerun/task-9" and rows[1]["rerun form"] == ""
     assert rows[0]["reason"] == "corrupt FITS" and rows[1]["landed -> alerts (s)"] == 1.0
 
 

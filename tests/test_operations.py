@@ -20,6 +20,8 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterTags,
+    LogFilter,
+    LogFilterTaskRunId,
     TaskRunFilter,
     TaskRunFilterName,
 )
@@ -77,6 +79,10 @@ def test_a_failed_visit_detector_shows_once_with_its_reason_tags_event_and_artif
         assert (preload.state.type, preload.state.name) == (StateType.COMPLETED, "Completed")  # not RolledBack
         assert (waited.state.type, waited.state.name) == (StateType.CANCELLED, "Stopped")
         assert "no raw image" in waited.state.message and not waited.tags
+        own_logs = LogFilter(task_run_id=LogFilterTaskRunId(any_=[visit.id]))
+        wait_for(lambda: bool(client.read_logs(log_filter=own_logs)), what="the visit-detector's log")
+        (line,) = [log.message for log in client.read_logs(log_filter=own_logs)]  # one line, no traceback
+        assert line.startswith("LATISS op-fail det000 failed in wait_for_images: no raw image for LATISS visit op-fail")
         wait_for(lambda: bool(events(client, "pp.visit.failed", "op-fail")), what="the pp.visit.failed event")
         (event,) = events(client, "pp.visit.failed", "op-fail")
         assert (event.payload["instrument"], event.payload["group"], event.payload["detector"]) == (

@@ -79,11 +79,10 @@ class Night:
             link = rerun_url(outcome) if outcome.status == "failed" else None
             rows.append({
                 "visit": outcome.group, "detector": outcome.detector, "status": outcome.status,
-                "reason": outcome.reason[:200],
                 "landed -> alerts (s)": None if outcome.latency_s is None else round(outcome.latency_s, 2),
-                "pipeline": outcome.pipeline, "deliveries": outcome.deliveries,
+                "deliveries": outcome.deliveries,
                 "recorded": datetime.fromtimestamp(outcome.recorded_at, tz=UTC).strftime("%H:%M:%S"),
-                "rerun": f"[rerun]({link})" if link else "",
+                "pipeline": outcome.pipeline, "reason": outcome.reason[:200], "rerun form": link or "",
             })  # fmt: skip
         return rows
 
