@@ -8,6 +8,7 @@ night's artifacts in Prefect.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -100,6 +101,7 @@ def _plot(console: Console, night: Night, output_dir: Path) -> None:
 
 def _write_artifacts(console: Console, settings: Settings, nights: list[Night]) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from prompt_processing.reporting.report import NightArtifacts
@@ -111,3 +113,7 @@ def _write_artifacts(console: Console, settings: Settings, nights: list[Night]) 
                 writer.write(night)
                 console.print(f"artifact: {settings.prefect.ui}/artifacts (key {night.instrument.lower()}-night-"
                               f"{night.day_obs})")  # fmt: skip
+        # The client's artifact-created events go out before the command ends; the worker's "still
+        # processing items" warning while it drains is expected here, not news for an operator.
+        logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
+        EventsWorker.drain_all()
