@@ -86,7 +86,7 @@ def shutdown_deadline(deadline_s: float) -> Iterator[None]:
         watchdog.cancel()
 
 
-def supervise(command: Sequence[str], env: dict[str, str], *, shutdown_deadline_s: float) -> int:
+def supervise(command: Sequence[str], env: dict[str, str], *, shutdown_deadline_s: float, name: str = "") -> int:
     """Run ``command`` as a child in its own process group until it exits; return its exit status.
 
     SIGTERM and SIGINT received here are passed on to the child (once each: being in its own group,
@@ -95,12 +95,13 @@ def supervise(command: Sequence[str], env: dict[str, str], *, shutdown_deadline_
     handlers are restored on return.
     """
     child = subprocess.Popen(list(command), env=env, process_group=0)
+    name = name or command[0]
     stop_requested_at: list[float] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if not stop_requested_at:
             stop_requested_at.append(time.monotonic())
-        log.info("signal %d: passed on to %s (pid %d)", signum, command[0], child.pid)
+        log.info("signal %d: passed on to %s (pid %d)", signum, name, child.pid)
         child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
@@ -110,7 +111,7 @@ def supervise(command: Sequence[str], env: dict[str, str], *, shutdown_deadline_
                 return child.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 if stop_requested_at and time.monotonic() - stop_requested_at[0] > shutdown_deadline_s:
-                    log.error("%s did not stop within %.0f s; killing it", command[0], shutdown_deadline_s)
+                    log.error("%s did not stop within %.0f s; killing it", name, shutdown_deadline_s)
                     child.kill()
                     return child.wait()
     finally:
