@@ -7,7 +7,8 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +19,7 @@ from prompt_processing.adapters import kafka
 from prompt_processing.model.instruments import get_instrument
 from prompt_processing.services.fanout import FanOutService
 from prompt_processing.services.kafka_service import KafkaService
+from prompt_processing.services.lifecycle import Servable
 from prompt_processing.settings import FLOW_RUN_SECTIONS, Settings, export_env
 
 
@@ -94,3 +96,29 @@ class Running[S: KafkaService]:
 
 def RunningFanOut(settings: Settings) -> Running[FanOutService]:
     return Running(FanOutService(settings))
+
+
+@contextmanager
+def serving[S: Servable](service: S) -> Iterator[S]:
+    """``service``'s own loop in a thread for the ``with`` block: startup, ticks and shutdown all
+    in that thread (as ``lifecycle.serve`` runs them), errors re-raised at the end."""
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        service.startup()
+        try:
+            while not service.should_exit:
+                service.tick()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            service.shutdown()
+
+    thread = threading.Thread(target=loop, name=type(service).__name__, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        service.request_exit()
+        thread.join(30)
+        assert not thread.is_alive() and not errors, f"service loop: {errors}"

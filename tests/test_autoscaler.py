@@ -11,7 +11,6 @@ import json
 import logging
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,7 +52,7 @@ from prompt_processing.settings import (
     Settings,
     VisitSettings,
 )
-from tests.helpers import Running, flow_run_env, visit_body, wait_for
+from tests.helpers import Running, flow_run_env, serving, visit_body, wait_for
 from tests.test_metrics import scrape
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -141,31 +140,6 @@ def started(autoscaler: Autoscaler) -> Iterator[Autoscaler]:
         yield autoscaler
     finally:
         autoscaler.shutdown()
-
-
-@contextmanager
-def looping(autoscaler: Autoscaler) -> Iterator[Autoscaler]:
-    """The service's own loop in a thread (startup, ticks and shutdown all in that thread)."""
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        autoscaler.startup()
-        try:
-            while not autoscaler.should_exit:
-                autoscaler.tick()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            autoscaler.shutdown()
-
-    thread = threading.Thread(target=serve, name="autoscaler", daemon=True)
-    thread.start()
-    try:
-        yield autoscaler
-    finally:
-        autoscaler.request_exit()
-        thread.join(30)
-        assert not thread.is_alive() and not errors, f"autoscaler loop: {errors}"
 
 
 # -- the spec file -------------------------------------------------------------------------------
@@ -407,7 +381,7 @@ def test_new_entries_wake_it_long_before_the_polling_interval(
 ) -> None:
     deployment = scaled.add_deployment("LSSTCam")
     job = spec("LSSTCam", deployment, pollingInterval=30, maxReplicaCount=2)
-    with looping(Autoscaler(settings, [job])) as autoscaler:
+    with serving(Autoscaler(settings, [job])) as autoscaler:
         wait_for(lambda: autoscaler.decisions_made >= 1, what="the first poll")
         time.sleep(0.2)  # now blocked in XREAD until the next poll, 30 s away
         announce(settings, "LSSTCam", "visit-4", (1, 2, 3))
@@ -480,7 +454,7 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
     )
     client = redis.Redis.from_url(settings.redis.url)
     try:
-        with looping(Autoscaler(settings, [job])):
+        with serving(Autoscaler(settings, [job])):
             # 1. Two visits: two runs, both entries succeed, both runs exit when idle: back to 0.
             for group in ("busy-1", "busy-2"):
                 body = _visit_now(group)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +16,9 @@ from prompt_processing.model import naming
 from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.services.reporter import ReporterService
 from prompt_processing.settings import ReporterSettings
-from tests.helpers import consume_all, wait_for
+from tests.helpers import consume_all, serving, wait_for
 from tests.test_metrics import scrape
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
-
-
-@contextmanager
-def serving(service: ReporterService) -> Iterator[ReporterService]:
-    """The service's lifecycle in a thread: startup, ticks until asked to exit, shutdown."""
-    errors: list[BaseException] = []
-
-    def loop() -> None:
-        service.startup()
-        try:
-            while not service.should_exit:
-                service.tick()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            service.shutdown()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield service
-    finally:
-        service.request_exit()
-        thread.join(30)
-        assert not thread.is_alive() and not errors, errors
 
 
 def latest_artifact(key: str) -> Any:
