@@ -114,7 +114,9 @@ def _activator_in_thread(**kwargs: Any) -> tuple[threading.Thread, dict[str, Any
 def test_one_visit_end_to_end_from_the_simulator(pipeline: Pipeline) -> None:
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, SHAPE_PX, 4)
     with RunningFanOut(pipeline.settings):
-        thread, counts = _activator_in_thread(idle_timeout_s=3.0)
+        # Long enough for the fan-out to join its consumer group (1-3 s, more on a loaded machine) and write
+        # the entry: an activator that finds no work for this long exits before the visit is announced.
+        thread, counts = _activator_in_thread(idle_timeout_s=10.0)
         (sent,) = run_night(pipeline.settings, plan, show_progress=False)
         thread.join(60)
     assert counts["succeeded"] == 1
