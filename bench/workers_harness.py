@@ -16,7 +16,7 @@ from prefect import flow
 from rich.progress import Progress
 
 from flows.activator import activator
-from pp_devkit.night import NightPlan, seed_central_store, upload_raw
+from pp_devkit.night import NightPlan, seed_central_repo, upload_raw
 from pp_devkit.sim import next_visit_message, plan_visits
 from pp_devkit.stack import Stack, free_port
 from prompt_processing.activator.context import ProcessingContext
@@ -127,17 +127,17 @@ class Harness:
         Stack(self.settings).down()
 
     def seed(self, size_px: int) -> None:
-        """Calibrations and template at ``size_px`` in a central bucket of that size; point workers at it."""
-        bucket = f"central-{size_px}"
+        """Calibrations and template at ``size_px`` in a central repository of that size; point workers at it."""
+        central = str(Path(self.settings.stack.state_dir).resolve() / "butler" / f"central-{size_px}")
         self.settings = self.settings.model_copy(
-            update={"s3": self.settings.s3.model_copy(update={"central_bucket": bucket})}
+            update={"butler": self.settings.butler.model_copy(update={"central_repo": central})}
         )
-        os.environ["PP_S3__CENTRAL_BUCKET"] = bucket
+        os.environ["PP_BUTLER__CENTRAL_REPO"] = central
         client = s3.make_client(self.settings.s3)
-        s3.ensure_buckets(client, [bucket, self.settings.s3.raw_bucket, self.settings.s3.outputs_bucket])
-        self.plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (size_px, size_px), 4)
-        seed_central_store(self.settings, self.plan, [self.pointing], client)
+        s3.ensure_buckets(client, [self.settings.s3.raw_bucket, self.settings.s3.truth_bucket])
         client.close()
+        self.plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (size_px, size_px), 4)
+        seed_central_repo(self.settings, self.plan, [self.pointing])
 
     def visit(self, group: str) -> dict[str, Any]:
         body = next_visit_message(LATISS, self.pointing, now_utc_s=time.time(), lead_s=20, seq_num=1)

@@ -1,8 +1,8 @@
 """`make demo`: a local night end to end on the embedded stack.
 
 Brings up the stack (Redis, the Kafka-protocol broker, moto S3, the Prefect server), registers
-the deployments (`pp deploy`), starts the fan-out, the arrival router, a Prefect worker, the
-autoscaler (`pp autoscale`, eager, min 1 activator, max one per detector) and the reporter (the
+the deployments (`pp deploy`), starts the fan-out, the arrival router, the Butler writer, a Prefect
+worker, the autoscaler (`pp autoscale`, eager, min 1 activator, max one per detector) and the reporter (the
 night's artifacts) as processes, then plays a night: N visits x K detectors of LSSTCam, with
 images landing at the end of each exposure, plus a redelivered visit and four bad next-visit
 messages. The autoscaler creates activator flow runs as the entries land. The demo waits for
@@ -50,6 +50,7 @@ from pp_devkit.night import NightPlan, run_night
 from pp_devkit.stack import Stack
 from prompt_processing.adapters import kafka, prefect_api, s3
 from prompt_processing.adapters.health import read_health
+from prompt_processing.adapters.results import read_results
 from prompt_processing.autoscaler.metrics import UNFINISHED_STATES
 from prompt_processing.autoscaler.spec import ScaledJobSpec, dump_specs, parse_specs
 from prompt_processing.model import naming
@@ -63,7 +64,7 @@ ACTIVATOR = naming.activator_deployment("LSSTCam")
 MIN_ACTIVATORS = 1
 IDLE_TIMEOUT_S = 10.0
 CLAIM_IDLE_S = 10.0
-CHILD_SETTINGS = ("instruments", "queue", "activator")
+CHILD_SETTINGS = ("instruments", "queue", "activator", "butler")
 """What the demo's processes get from its settings on purpose (``export_env``), beyond the user's own ``PP_*``."""
 
 
@@ -104,6 +105,7 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, activators: int
         with _services(settings, console, spec) as logs:
             night_started_at = time.time()
             groups, expected, night = _night(settings, console, visits, size_px, client)
+            _wait_for_writer(settings, console, client, groups)
             report = NightReport.collect(settings, client, groups, expected)
             pool = _wait_for_minimum(settings, console, spec, night_started_at)
             print_report(console, settings, report, logs)
@@ -155,9 +157,10 @@ def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iter
     logs.mkdir(parents=True, exist_ok=True)
     k = settings.kafka
     kafka.ensure_topics(k, [k.next_visit_topic, k.dead_letter_topic, k.raw_notifications_topic,
-                            k.raw_dead_letter_topic, k.butler_writer_topic, k.alerts_topic])  # fmt: skip
+                            k.raw_dead_letter_topic, k.butler_writer_topic, k.butler_dead_letter_topic,
+                            k.alerts_topic])  # fmt: skip
     client = s3.make_client(settings.s3)
-    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.truth_bucket])
     client.close()
     with console.status("registering deployments (prefect deploy --all)"):
         prefect_api.deploy_all(settings, Path.cwd(), log=logs / "deploy.log")
@@ -169,6 +172,7 @@ def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iter
     commands = {
         "fanout": [sys.executable, "-m", "prompt_processing.cli", "fanout"],
         "router": [sys.executable, "-m", "prompt_processing.cli", "router"],
+        "butler-writer": [sys.executable, "-m", "prompt_processing.cli", "butler-writer"],
         "prefect-worker": prefect_api.prefect_worker_command(settings),
         "autoscaler": [sys.executable, "-m", "prompt_processing.cli", "autoscale", "--spec", str(spec_file)],
         "reporter": [sys.executable, "-m", "prompt_processing.cli", "reporter"],
@@ -184,6 +188,20 @@ def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iter
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
             stack.callback(_stop, process)
         yield logs
+
+
+def _wait_for_writer(settings: Settings, console: Console, client: redis.Redis, groups: list[str]) -> None:
+    """Wait (up to 60 s) until the Butler writer ingested an event per succeeded visit-detector of the night."""
+    wanted = set(groups)
+    succeeded = sum(r["status"] == "succeeded" and r["group"] in wanted for r in read_results(client, "LSSTCam"))
+    name = settings.butler.writer_name or socket.gethostname()
+    deadline = time.monotonic() + 60
+    with console.status(f"waiting for the Butler writer to ingest {succeeded} visit-detectors' outputs"):
+        while (read_health(client, "butler-writer", name) or {}).get("events", 0) < succeeded:
+            if time.monotonic() > deadline:
+                console.print("[yellow]the Butler writer did not ingest every output within 60 s[/]")
+                return
+            time.sleep(0.5)
 
 
 def _send_redelivery_and_bad_messages(settings: Settings, first_visit: dict[str, Any]) -> None:

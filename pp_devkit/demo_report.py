@@ -17,6 +17,7 @@ from rich.table import Table
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.health import read_health
 from prompt_processing.adapters.results import landed_to_alerts_s, read_results
+from prompt_processing.butler import repo
 from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
 from prompt_processing.model import layout, naming
 from prompt_processing.settings import Settings
@@ -36,6 +37,10 @@ class NightReport:
     dead_letter_entries: int = 0
     fanout: dict[str, Any] = field(default_factory=dict)
     router: dict[str, Any] = field(default_factory=dict)
+    butler_writer: dict[str, Any] = field(default_factory=dict)
+    central_repo: str = ""
+    output_collection: str = ""
+    central_outputs: int = 0  # output datasets of the night's visits found in the central repository
 
     @property
     def complete(self) -> bool:
@@ -51,8 +56,22 @@ class NightReport:
         host = socket.gethostname()
         report.fanout = read_health(client, "fanout", settings.fanout.consumer_name or host) or {}
         report.router = read_health(client, "router", settings.router.consumer_name or host) or {}
+        report.butler_writer = read_health(client, "butler-writer", settings.butler.writer_name or host) or {}
         report._score_transients(settings, wanted)
+        report._count_central_outputs(settings, wanted)
         return report
+
+    def _count_central_outputs(self, settings: Settings, groups: set[str]) -> None:
+        """The night's outputs as the central Butler lists them (the count ``butler query-datasets`` gives)."""
+        central = repo.open_central(settings.butler, settings.s3)
+        nights = {r["day_obs"] for r in self.results if r.get("day_obs")}
+        self.central_repo = repo.central_uri(settings.butler)
+        self.output_collection = ", ".join(repo.output_glob("LSSTCam", night) for night in sorted(nights))
+        for night in nights:
+            for name in repo.OUTPUT_TYPES:
+                refs = central.query_datasets(name, collections=repo.output_glob("LSSTCam", night), find_first=False,
+                                              explain=False)  # fmt: skip
+                self.central_outputs += sum(ref.run.rsplit("/", 1)[1].rsplit("-", 1)[0] in groups for ref in refs)
 
     def _score_transients(self, settings: Settings, groups: set[str]) -> None:
         alerts: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -68,7 +87,7 @@ class NightReport:
                     continue
                 key = layout.truth_key("LSSTCam", r["group"], int(r["detector"]))
                 truth = [
-                    SimpleNamespace(**t) for t in json.loads(s3.get_bytes(client, settings.s3.central_bucket, key))
+                    SimpleNamespace(**t) for t in json.loads(s3.get_bytes(client, settings.s3.truth_bucket, key))
                 ]
                 detected = _catalogue(alerts.get((r["group"], int(r["detector"])), []))
                 found, _missed, spurious = match_to_truth(detected, truth)
@@ -113,6 +132,17 @@ def print_report(console: Console, settings: Settings, report: NightReport, logs
             )
     if report.router:
         table.add_row("raw images routed", f"{report.router.get('presences', 0)} presences")
+    writer = report.butler_writer
+    succeeded = sum(r["status"] == "succeeded" for r in report.results)
+    table.add_row("Butler writer: events / datasets ingested / dead-lettered",
+                  f"{writer.get('events', 0)} / {writer.get('datasets', 0)} / "
+                  f"{sum(v for k, v in writer.items() if k.startswith('dead_lettered'))}")  # fmt: skip
+    per_visit = len(repo.OUTPUT_TYPES)
+    table.add_row(f"outputs in the central Butler ({per_visit} per succeeded visit-detector)",
+                  f"{report.central_outputs} ({per_visit * succeeded} expected)")  # fmt: skip
     table.add_row("Prefect UI", settings.prefect.ui)
     table.add_row("service logs", str(logs))
     console.print(table)
+    console.print(f"central Butler: {report.central_repo}", highlight=False, soft_wrap=True)
+    console.print(f"output collection: {report.output_collection or 'none (nothing succeeded)'}", highlight=False,
+                  soft_wrap=True)  # fmt: skip

@@ -1,11 +1,12 @@
 """`pp sim night`: a simulated night end to end — next-visit events, then the camera's raws.
 
-Before the night, the central store is seeded with each active detector's bias and flat and
-a template for every (sky tile, detector) the night will visit. Then for each visit: the
+Before the night, the central Butler repository is seeded (``pp_devkit.seed``): each active
+detector's bias and flat, a template for every (HTM7 trixel, detector) the night will look at
+(less ``template_holes``), the refcat shards around them. Then for each visit: the
 NextVisit event at its cadence, and at ``startTime + duration`` (per snap) one synthetic raw
 FITS plus its sidecar JSON per active detector, uploaded to the raw bucket with boto3, each
 followed by its S3 ``ObjectCreated`` notification on ``raw-notifications``. The injected
-transients are kept as truth in the central bucket (``truth/...``) for evaluation.
+transients are kept as truth in the truth bucket (``truth/...``) for evaluation.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import astropy.time
 from rich.progress import Progress
 
+from pp_devkit.seed import SeedReport, seed_central, star_tile
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
-from pp_devkit.synth import bias_frame, flat_frame, raw_image, template_image
+from pp_devkit.synth import raw_image
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.butler import repo
 from prompt_processing.imaging.fits_io import to_fits_bytes
-from prompt_processing.model import layout
+from prompt_processing.model import layout, sky
 from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.model.instruments import Instrument
-from prompt_processing.model.layout import sky_tile
 from prompt_processing.settings import Settings
 
 
@@ -44,6 +47,7 @@ class NightPlan:
     shape_px: tuple[int, int]
     n_transients: int
     seed: int = 0
+    template_holes: tuple[int, ...] = ()  # visits (by index) whose templates the central repo lacks
 
 
 class Agenda:
@@ -67,32 +71,21 @@ class Agenda:
         action()
 
 
-def seed_central_store(settings: Settings, plan: NightPlan, visits: list[PlannedVisit], client: Any) -> int:
-    """Upload bias, flat and templates the night needs (skipping existing keys); return uploads."""
-    bucket, name, shape = settings.s3.central_bucket, plan.instrument.name, plan.shape_px
-    existing = _keys(client, bucket, "calib/") | _keys(client, bucket, "templates/")
-    jobs: list[tuple[str, Callable[[], Any]]] = []
-    for d in plan.detectors:
-        jobs.append((layout.bias_key(name, d), partial(bias_frame, name, d, shape)))
-        jobs.append((layout.flat_key(name, d), partial(flat_frame, name, d, shape)))
-    for tile in sorted({sky_tile(v.ra_deg, v.dec_deg) for v in visits}):
-        jobs.extend((layout.template_key(name, tile, d), partial(template_image, tile, d, shape))
-                    for d in plan.detectors)  # fmt: skip
-    todo = [(k, make) for k, make in jobs if k not in existing]
-    for key, make in todo:
-        s3.put_bytes(client, bucket, key, to_fits_bytes(make(), {"PPKEY": key}))
-    return len(todo)
+def seed_central_repo(settings: Settings, plan: NightPlan, visits: list[PlannedVisit]) -> SeedReport:
+    """Make the central repository if needed (``pp butler init``) and seed what the night needs."""
+    butler = repo.init_central(settings.butler, settings.s3)
+    return seed_central(butler, plan.instrument, plan.detectors, visits, plan.shape_px, holes=plan.template_holes)
 
 
 def run_night(settings: Settings, plan: NightPlan, *, show_progress: bool = True) -> list[dict[str, Any]]:
     """Send the night's events and images in real time; return the NextVisit bodies sent."""
     client = s3.make_client(settings.s3)
-    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.truth_bucket])
     drafts = plan_visits(plan.instrument, plan.n_visits, seed=plan.seed)
     visits = [replace(v, duration_s=plan.duration_s) for v in drafts]
-    seed_central_store(settings, plan, visits, client)
+    seed_central_repo(settings, plan, visits)
     producer = kafka.make_producer(settings.kafka)
-    start, seq_base = time.time(), int(time.time()) % 100_000 * 10
+    start, seq_base = time.time(), int(time.time()) % 90_000 * 10  # seqNum stays below 10**6
     # Events at their cadence; each event schedules its snaps for when their exposure ends.
     agenda = Agenda()
     sent: list[dict[str, Any]] = []
@@ -136,20 +129,26 @@ def upload_raw(
 ) -> str:  # fmt: skip
     """Upload one raw + sidecar (+ truth) and publish both notifications; return the raw key."""
     instrument, group = plan.instrument, body["groupId"]
-    obs = layout.obs_id(instrument, day_obs(time.time()), seq)
-    key = layout.raw_key(instrument, day_obs(time.time()), obs, detector)
-    tile = sky_tile(*body["position"])
+    night = day_obs(body["startTime"] - TAI_MINUS_UTC_S)
+    obs = layout.obs_id(instrument, night, seq)
+    key = layout.raw_key(instrument, night, obs, detector)
+    (ra, dec), angle = body["position"], body["cameraAngle"]
+    tile = star_tile(sky.htm_index(*sky.detector_centre(instrument, detector, ra, dec, angle)))
     image, truth = raw_image(instrument=instrument.name, detector=detector, tile=tile, group_id=group, snap=snap,
                              shape_px=plan.shape_px, n_transients=plan.n_transients, rng_seed=plan.seed)  # fmt: skip
+    snaps = max(body["nimages"], 1)
+    begin = astropy.time.Time(body["startTime"] + snap * body["duration"] / snaps, format="unix_tai")
     header = {"INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": group, "OBSID": obs,
-              "CURINDEX": snap + 1, "FILTER": body["filters"], "EXPTIME": body["duration"]}  # fmt: skip
+              "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": snap + 1, "FILTER": body["filters"],
+              "EXPTIME": body["duration"] / snaps, "DATE-BEG": begin.isot, "RA": ra, "DEC": dec, "ROTPA": angle,
+              "PROGRAM": body["survey"]}  # fmt: skip
     data = b"SIMPLE  = garbage" if corrupt else to_fits_bytes(image, header)
     raw_bucket = settings.s3.raw_bucket
     s3.put_bytes(client, raw_bucket, key, data)
     sidecar_key = key.removesuffix(".fits") + ".json"
     s3.put_bytes(client, raw_bucket, sidecar_key, json.dumps(header).encode(), "application/json")
     truth_rows = [{"id": t.transient_id, "x_px": t.x_px, "y_px": t.y_px, "flux_e": t.flux_e} for t in truth]
-    s3.put_bytes(client, settings.s3.central_bucket, layout.truth_key(instrument.name, group, detector),
+    s3.put_bytes(client, settings.s3.truth_bucket, layout.truth_key(instrument.name, group, detector),
                  json.dumps(truth_rows).encode(), "application/json")  # fmt: skip
     for object_key in (key, sidecar_key):
         notification = s3_notification(raw_bucket, object_key)
@@ -165,9 +164,3 @@ def s3_notification(bucket: str, key: str) -> dict[str, Any]:
                          "eventName": "ObjectCreated:Put",
                          "s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}  # fmt: skip
 
-
-def _keys(client: Any, bucket: str, prefix: str) -> set[str]:
-    keys: set[str] = set()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.update(obj["Key"] for obj in page.get("Contents", []))
-    return keys

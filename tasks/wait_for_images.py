@@ -1,4 +1,5 @@
-"""wait_for_images: the raw image(s) of one visit-detector, as soon as they land."""
+"""wait_for_images: the raw image(s) of one visit-detector, as soon as they land, ingested into the
+run's local Butler."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from lsst.daf.butler import DatasetRef, DimensionRecord
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
+from prompt_processing.butler import repo
+from prompt_processing.butler.records import HeaderMismatch
+from prompt_processing.imaging.fits_io import from_fits_bytes
 from prompt_processing.model import naming
-from prompt_processing.model.errors import ImageTimeout, RetriableError
-from prompt_processing.model.events import TAI_MINUS_UTC_S
+from prompt_processing.model.errors import ImageTimeout, NonRetriableError, RetriableError
+from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from tasks.common import step
 
 _BLPOP_SLICE_S = 1.0  # so a stopping activator notices within a second
@@ -21,26 +26,30 @@ _BLPOP_SLICE_S = 1.0  # so a stopping activator notices within a second
 
 @dataclass(frozen=True)
 class RawImages:
-    images: list[bytes]  # one per snap, in snap order
+    refs: list[DatasetRef]  # the raws in the local repository, one per snap, in snap order
+    records: list[DimensionRecord]  # the visit's dimension records, for the export
+    visit_id: int  # the Butler's visit id (its first snap's exposure id)
     landed_at: list[str]  # when each landed (S3 event time)
     waited_s: float  # time blocked waiting for arrivals
 
 
 @step("wait_for_images")
 def wait_for_images(
-    ctx: ProcessingContext, clock: StepClock, instrument: str, group: str, detector: int,
-    nimages: int, start_time_tai: float, duration_s: float,
-) -> RawImages:  # fmt: skip
+    ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int
+) -> RawImages:
     """Presence first (landed before we looked), then a blocking wait on the router's arrival
-    list, then a final re-check; then download. The wait ends ``2 * duration + image_timeout_s``
-    after the shutter opens: ImageTimeout (non-retriable) names the visit, detector and snap. A
-    visit picked up after that (a late delivery, a rerun the next morning) is checked once and
-    fails at once if its image never landed. Redis or S3 failures are RetriableError.
+    list, then a final re-check; then download and ingest. The wait ends ``2 * duration +
+    image_timeout_s`` after the shutter opens: ImageTimeout (non-retriable) names the visit,
+    detector and snap. A visit picked up after that (a late delivery, a rerun the next morning) is
+    checked once and fails at once if its image never landed. Redis, S3 or Butler outages are
+    RetriableError; a raw that is not a readable FITS file, or whose header disagrees with the
+    visit (another group, detector, snap or filter), is a NonRetriableError saying so.
     """
-    timeout_s = 2 * duration_s + ctx.settings.visit.image_timeout_s
-    deadline = start_time_tai - TAI_MINUS_UTC_S + timeout_s
-    images, landed, waited_s = [], [], 0.0
-    for snap in range(max(nimages, 1)):
+    instrument, group = visit.instrument, visit.groupId
+    timeout_s = 2 * visit.duration + ctx.settings.visit.image_timeout_s
+    deadline = visit.startTime - TAI_MINUS_UTC_S + timeout_s
+    refs, records, landed, waited_s, visit_id = [], [], [], 0.0, 0
+    for snap in range(max(visit.nimages, 1)):
         started = time.perf_counter()
         with clock.timing("wait"):
             found = _await_presence(ctx, instrument, group, snap, detector, deadline)
@@ -51,9 +60,29 @@ def wait_for_images(
                 f"within {timeout_s:.0f} s of the shutter opening"
             )
         with clock.timing("download"):
-            images.append(s3.get_bytes(ctx.s3, found["bucket"], found["key"]))
+            data = s3.get_bytes(ctx.s3, found["bucket"], found["key"])
+        with clock.timing("ingest"):
+            ref, snap_records = _ingest(ctx, visit, detector, snap, data, f"s3://{found['bucket']}/{found['key']}")
+        refs.append(ref)
+        records.extend(snap_records)
+        visit_id = visit_id or int(ref.dataId["exposure"])  # a visit is numbered after its first snap
         landed.append(found["landed_at"])
-    return RawImages(images=images, landed_at=landed, waited_s=waited_s)
+    return RawImages(refs=refs, records=records, visit_id=visit_id, landed_at=landed, waited_s=waited_s)
+
+
+def _ingest(
+    ctx: ProcessingContext, visit: NextVisit, detector: int, snap: int, data: bytes, where: str
+) -> tuple[DatasetRef, list[DimensionRecord]]:
+    try:
+        image, header = from_fits_bytes(data)
+    except ValueError as exc:
+        raise NonRetriableError(f"raw {where} (snap {snap}) is unusable: {exc}") from exc
+    try:
+        return ctx.local_repo(visit.instrument).ingest_raw(visit, detector, snap, image, header)
+    except HeaderMismatch as exc:
+        raise NonRetriableError(f"raw {where} does not belong to this visit-detector: {exc}") from exc
+    except repo.OUTAGES as exc:
+        raise RetriableError(f"local Butler: {type(exc).__name__}: {exc}") from exc
 
 
 def _await_presence(

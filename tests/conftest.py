@@ -79,7 +79,7 @@ def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
         update={
             "kafka": stack_settings.kafka.model_copy(update=topics),
             "s3": stack_settings.s3.model_copy(
-                update={"raw_bucket": f"raw-{tag}", "central_bucket": f"central-{tag}", "outputs_bucket": f"out-{tag}"}
+                update={"raw_bucket": f"raw-{tag}", "truth_bucket": f"truth-{tag}"}
             ),
             "router": RouterSettings(
                 group_id=f"router-{tag}", consumer_name=f"router-{tag}", http_port=0, poll_timeout_s=0.2
@@ -98,7 +98,7 @@ def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
 
 
 _TOPIC_FIELDS = ("next_visit_topic", "dead_letter_topic", "raw_notifications_topic", "raw_dead_letter_topic",
-                 "butler_writer_topic", "alerts_topic")  # fmt: skip
+                 "butler_writer_topic", "butler_dead_letter_topic", "alerts_topic")  # fmt: skip
 
 
 @pytest.fixture

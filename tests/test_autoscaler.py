@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import FlowRunFilterDeploymentId as RunsOfDe
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from pp_devkit.night import NightPlan, seed_central_store, upload_raw
+from pp_devkit.night import NightPlan, seed_central_repo, upload_raw
 from pp_devkit.sim import plan_visits
 from pp_devkit.stack import free_port
 from prompt_processing.adapters import prefect_api, s3
@@ -407,8 +407,8 @@ def latiss_world(settings: Settings, redis_client: redis.Redis, monkeypatch: pyt
         monkeypatch.setenv(name, value)  # what flow runs read (via the Prefect worker)
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (128, 128), 4)
     client = s3.make_client(settings.s3)
-    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
-    seed_central_store(settings, plan, plan_visits(LATISS, 1), client)
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.truth_bucket])
+    seed_central_repo(settings, plan, plan_visits(LATISS, 1))
     client.close()
     with Running(RouterService(settings)):
         yield settings
@@ -417,7 +417,8 @@ def latiss_world(settings: Settings, redis_client: redis.Redis, monkeypatch: pyt
 def _visit_now(group: str) -> dict[str, Any]:
     seeded = plan_visits(LATISS, 1)[0]  # the pointing whose template was seeded
     return visit_body("LATISS", group) | {"startTime": time.time() + TAI_MINUS_UTC_S, "duration": 1.0,
-                                          "nimages": 1, "position": [seeded.ra_deg, seeded.dec_deg]}  # fmt: skip
+                                          "nimages": 1, "position": [seeded.ra_deg, seeded.dec_deg],
+                                          "filters": seeded.filters}  # fmt: skip
 
 
 def _land(settings: Settings, body: dict[str, Any]) -> None:

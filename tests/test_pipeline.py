@@ -21,16 +21,19 @@ from typing import Any
 
 import pytest
 import redis
+from lsst.resources import ResourcePath
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from flows.activator import activator
-from pp_devkit.night import NightPlan, run_night, seed_central_store, upload_raw
+from pp_devkit.night import NightPlan, run_night, seed_central_repo, upload_raw
 from pp_devkit.sim import plan_visits
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.butler import repo
+from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.model import naming
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from prompt_processing.model.instruments import LATISS
@@ -56,6 +59,7 @@ class Pipeline:
             "duration": duration_s,
             "nimages": 1,
             "position": [seeded.ra_deg, seeded.dec_deg],
+            "filters": seeded.filters,
         }
         connection = RespConnection(self.settings.redis)
         writer = StreamFanOut(connection, dedup_ttl_s=3600, stream_maxlen=10_000)
@@ -97,8 +101,8 @@ def pipeline(
         monkeypatch.setenv(name, value)  # what the flow runs' Settings() will read
     plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, SHAPE_PX, 4)
     client = s3.make_client(settings.s3)
-    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.central_bucket, settings.s3.outputs_bucket])
-    seed_central_store(settings, plan, plan_visits(LATISS, 1), client)
+    s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.truth_bucket])
+    seed_central_repo(settings, plan, plan_visits(LATISS, 1))
     client.close()
     with Running(RouterService(settings)):
         yield Pipeline(settings, redis_client, plan)
@@ -125,13 +129,16 @@ def test_one_visit_end_to_end_from_the_simulator(pipeline: Pipeline) -> None:
     alerts = pipeline.alerts(int(result["n_alerts"]))
     assert len(alerts) == int(result["n_alerts"]) >= 3  # 4 injected transients
     assert {a["groupId"] for a in alerts} == {sent["groupId"]}
-    client = s3.make_client(pipeline.settings.s3)
-    outputs = client.list_objects_v2(Bucket=pipeline.settings.s3.outputs_bucket)
-    client.close()
-    assert {o["Key"].rsplit("/", 1)[1] for o in outputs["Contents"]} == {"calexp.fits", "sources.parquet",
-                                                                         "dia_sources.parquet"}  # fmt: skip
-    (event,) = consume_all(pipeline.settings, pipeline.settings.kafka.butler_writer_topic, 1)
-    assert json.loads(event.value())["type"] == "pp-output"
+    (message,) = consume_all(pipeline.settings, pipeline.settings.kafka.butler_writer_topic, 1)
+    central = repo.open_central(pipeline.settings.butler, pipeline.settings.s3)
+    event = OutputEvent.from_json(message.value(), central.dimensions)
+    assert {ref.datasetType.name for _, ref in event.datasets} == set(repo.OUTPUT_TYPES)
+    assert event.runs == {f"LATISS/prompt/output-{NextVisit.from_json(json.dumps(sent)).day_obs()}/{sent['groupId']}-"
+                          f"{event.about['run'].rsplit('-', 1)[1]}"}  # fmt: skip
+    root = ResourcePath(pipeline.settings.butler.central_repo, forceDirectory=True)
+    assert all(root.join(path).exists() for path, _ in event.datasets)  # exported; the writer's to ingest
+    assert {r.definition.name for r in event.records} >= {"day_obs", "group", "exposure", "visit",
+                                                           "visit_detector_region"}  # fmt: skip
 
 
 def test_image_already_there_before_the_activator_starts(pipeline: Pipeline) -> None:
@@ -169,7 +176,7 @@ def test_corrupt_fits_is_a_non_retriable_failure(pipeline: Pipeline) -> None:
     thread.join(60)
     assert counts["failed"] == 1
     (result,) = pipeline.results()
-    assert result["status"] == "failed" and "corrupt FITS for LATISS corrupt det000 snap 0" in result["reason"]
+    assert result["status"] == "failed" and "(snap 0) is unusable: truncated FITS" in result["reason"]
     assert result["deliveries"] == "1"
 
 

@@ -7,18 +7,23 @@ closed by ``close()``. Nothing here is created at import.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
-from cachetools import LRUCache
 from confluent_kafka import Producer
+from lsst.daf.butler import Butler
 
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.butler import repo
+from prompt_processing.butler.local import LocalRepo
 from prompt_processing.settings import Settings
 
 
@@ -57,17 +62,41 @@ class ProcessingContext:
         self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s + 5)
         self.s3: Any = s3.make_client(settings.s3)
         self.producer: Producer = kafka.make_producer(settings.kafka)
-        self.preload_cache: LRUCache[str, Any] = LRUCache(maxsize=settings.visit.preload_cache_entries)
+        self.attempt = uuid.uuid4().hex[:8]  # names this run's output RUNs: a later attempt never reuses one
+        self._central: Butler | None = None
+        self._local: dict[str, LocalRepo] = {}
         self.lookups: dict[str, str | None] = {}  # ids looked up once per run (e.g. the rerun deployment's)
         self.stopping = threading.Event()
         # Off the critical path: reports (Prefect artifacts) and parallel uploads.
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pp-report")
         self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pp-upload")
 
+    def local_repo(self, instrument: str) -> LocalRepo:
+        """This run's local Butler repository for ``instrument``, made on first use (~0.3 s; the first
+        also opens the central repository, read-only) and deleted by ``close()``."""
+        local = self._local.get(instrument)
+        if local is None:
+            b = self.settings.butler
+            if self._central is None:
+                self._central = repo.open_central(b, self.settings.s3)
+            root = (b.local_root or Path(tempfile.gettempdir()) / "pp-local-butler") / f"{self.name}-{self.attempt}"
+            local = self._local[instrument] = LocalRepo(root, self._central, repo.central_uri(b), instrument, b)
+        return local
+
+    def end_visit(self, instrument: str) -> None:
+        """A visit-detector is done: its local repository drops what it does not cache."""
+        local = self._local.get(instrument)
+        if local is not None:
+            local.end_visit()
+
     def close(self) -> None:
-        """Finish pending reports and uploads, flush Kafka, close clients."""
+        """Finish pending reports and uploads, flush Kafka, close clients, delete the local repositories."""
         self.reporter.shutdown(wait=True)
         self.uploads.shutdown(wait=True)
         self.producer.flush(10)
         self.redis.close()
         self.s3.close()
+        for local in self._local.values():
+            local.close()
+        if self._central is not None:
+            self._central.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from astropy.io import fits  # type: ignore[import-untyped]
+from astropy.io import fits
 
 from prompt_processing.imaging.psf import FloatImage
 

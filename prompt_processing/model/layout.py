@@ -1,4 +1,4 @@
-"""Object-store layout: where raws, sidecars, calibrations, templates and outputs live.
+"""Object-store layout: where the camera writes raws and sidecars (and the simulator its truth).
 
 Pure functions. Raw keys follow the camera's layout,
 ``<instrument>/<dayObs>/<obsId>/<obsId>_<detectorName>.fits`` with a ``.json`` sidecar;
@@ -7,7 +7,6 @@ Pure functions. Raw keys follow the camera's layout,
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -70,36 +69,7 @@ def parse_raw_key(key: str) -> RawKey:
     return RawKey(instrument, match["day_obs"], match["obs_id"], detector, match["ext"])
 
 
-def bias_key(instrument: str, detector: int) -> str:
-    return f"calib/{instrument}/bias/det{detector:03d}.fits"
-
-
-def flat_key(instrument: str, detector: int) -> str:
-    return f"calib/{instrument}/flat/det{detector:03d}.fits"
-
-
-def sky_tile(ra_deg: float, dec_deg: float) -> str:
-    """The id of the ~1 x 1 deg sky tile containing (ra, dec), e.g. ``"t102-0213"``.
-
-    Tiles are 1-degree declination bands, each cut into ``floor(360 cos(dec_mid))`` equal RA
-    cells (at least one), so tiles are near-equal in area. RA wraps; dec must be in [-90, 90].
-    """
-    if not (math.isfinite(ra_deg) and math.isfinite(dec_deg)) or not -90.0 <= dec_deg <= 90.0:
-        raise ValueError(f"invalid pointing ra={ra_deg} dec={dec_deg} (deg)")
-    band = min(math.floor(dec_deg + 90.0), 179)
-    n_cells = max(1, math.floor(360.0 * math.cos(math.radians(band - 89.5))))
-    cell = min(int((ra_deg % 360.0) / 360.0 * n_cells), n_cells - 1)
-    return f"t{band:03d}-{cell:04d}"
-
-
-def template_key(instrument: str, tile: str, detector: int) -> str:
-    return f"templates/{instrument}/{tile}/det{detector:03d}.fits"
-
-
 def truth_key(instrument: str, group: str, detector: int) -> str:
     """The simulator's injected transients for one visit-detector (JSON list), for evaluation."""
     return f"truth/{instrument}/{group}/det{detector:03d}.json"
 
-
-def output_prefix(instrument: str, group: str, detector: int) -> str:
-    return f"{instrument}/{group}/det{detector:03d}/"

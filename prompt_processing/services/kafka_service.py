@@ -200,8 +200,10 @@ class KafkaService:
         ]
         self.retrying("kafka", lambda: self._produce_confirmed(message.value(), message.key(), headers))
 
-    def retrying[T](self, what: str, call: Callable[[], T]) -> T:
-        """Call until it succeeds (``TRANSPORT_ERRORS`` back off); a shutdown request raises ``Stopping``.
+    def retrying[T](
+        self, what: str, call: Callable[[], T], retry_on: tuple[type[BaseException], ...] = TRANSPORT_ERRORS
+    ) -> T:
+        """Call until it succeeds (``retry_on`` errors back off); a shutdown request raises ``Stopping``.
 
         The first try is a plain call: tenacity's bookkeeping (~10 us a call) cost 5-10% of the
         fan-out's burst throughput (BENCHMARKS.md), so the policy only takes over after a failure
@@ -209,15 +211,15 @@ class KafkaService:
         """
         try:
             return call()
-        except TRANSPORT_ERRORS as exc:
+        except retry_on as exc:
             log.warning("%s failed (%s: %s); retrying", what, type(exc).__name__, exc)
         policy = self._policies.get(what)
         if policy is None:  # one per call site, built once: the hot path only calls it
-            policy = retrying(self.retry, what, retry_on=TRANSPORT_ERRORS, give_up=lambda: self.should_exit)
+            policy = retrying(self.retry, what, retry_on=retry_on, give_up=lambda: self.should_exit)
             self._policies[what] = policy
         try:
             return policy(call)
-        except TRANSPORT_ERRORS as exc:
+        except retry_on as exc:
             raise Stopping(f"{what} still failing while stopping: {exc}") from exc
 
     def commit(self) -> None:

@@ -7,6 +7,7 @@ shutdown. What each exports:
 * fan-out: messages by outcome (fanned out, duplicate, dead-lettered), dead-lettered by kind,
   entries written, Kafka-received -> Redis-confirmed latency (histogram);
 * router: notifications, raw images and presences recorded, dead-lettered by kind;
+* Butler writer: pp-output events and datasets ingested, dead-lettered by kind, batch duration (histogram);
 * autoscaler, per instrument (what Rubin's Redis stream exporter and KEDA show): lag, pending,
   stale pending, stream length, unfinished and not-yet-started activator runs, runs created,
   decision latency (histogram);
@@ -80,6 +81,18 @@ class RouterMetrics:
                                  registry=self.registry)  # fmt: skip
         self.dead_lettered = Counter("pp_router_dead_lettered", "notifications dead-lettered, by kind", ["kind"],
                                      registry=self.registry)  # fmt: skip
+
+
+class ButlerWriterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events = Counter("pp_butler_writer_events", "pp-output events ingested", registry=self.registry)
+        self.datasets = Counter("pp_butler_writer_datasets", "datasets ingested (or found there)",
+                                registry=self.registry)  # fmt: skip
+        self.dead_lettered = Counter("pp_butler_writer_dead_lettered", "events dead-lettered, by kind", ["kind"],
+                                     registry=self.registry)  # fmt: skip
+        self.batch = Histogram("pp_butler_writer_batch_seconds", "one batch: registry transaction and ingest",
+                               registry=self.registry)  # fmt: skip
 
 
 class AutoscalerMetrics:
