@@ -8,7 +8,8 @@ activator's local one on SQLite; the writer also on the machine's PostgreSQL. Me
    each visited twice, with templates and refcat shards not cached (the default) and cached (64).
 2. Raw ingest (``ingest_raw``: records + the raw as an ImageV2) and export (``write_outputs`` +
    ``export``: four outputs stored, copied into the central datastore, the event built) per
-   visit-detector, 512 x 512 and 2048 x 2048 images.
+   visit-detector, 512 x 512 and 2048 x 2048 images, written plain (the default) and tile-compressed
+   (lsst-images' own default, lossless GZIP_2).
 3. The Butler writer's ingest (``CentralWriter.ingest``, without Kafka) of the same 400 pp-output
    events (1600 datasets) into a fresh registry per configuration, by batch size, on SQLite and on
    PostgreSQL; batch size 1 is one event at a time, the baseline.
@@ -43,7 +44,7 @@ from pp_devkit.seed import seed_central, star_tile
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
 from pp_devkit.synth import raw_image
 from prompt_processing.butler import repo
-from prompt_processing.butler.local import LocalRepo
+from prompt_processing.butler.local import LocalRepo, set_image_compression
 from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.butler.writer import CentralWriter
 from prompt_processing.model import sky
@@ -64,7 +65,7 @@ def _central(root: Path, registry_db: str | None = None, datastore_root: Path | 
         if registry_db is not None:
             repo.create_btree_gist(registry_db)
             config["registry", "db"] = registry_db
-        Butler.makeRepo(str(root), config=config)
+        Butler.makeRepo(str(root), config=config, forceConfigRoot=False)
     return repo.init_central(settings, S3Settings(), registry_db)
 
 
@@ -129,13 +130,15 @@ def bench_ingest_export(work: Path, progress: Progress) -> dict[str, list[float]
     reader = repo.open_central(ButlerSettings(central_repo=str(central_root)), S3Settings())
     out: dict[str, list[float]] = {}
     fields = plan_visits(LSSTCAM, N_FIELDS, seed=7)
-    task = progress.add_task("ingest + export", total=2 * N_FIELDS * len(DETECTORS))
-    for size_px in (512, 2048):
-        settings = ButlerSettings(central_repo=str(central_root))
+    cases = ((512, False), (2048, False), (512, True), (2048, True))
+    task = progress.add_task("ingest + export", total=len(cases) * N_FIELDS * len(DETECTORS))
+    for size_px, compress in cases:
+        settings = ButlerSettings(central_repo=str(central_root), compress_images=compress)
         local = LocalRepo(work / f"local-{uuid.uuid4().hex[:6]}", reader, str(central_root), "LSSTCam", settings)
+        label = f"{size_px} px" + (", compressed (GZIP_2)" if compress else "")
         for i, planned in enumerate(fields):
-            seq = 2000 + size_px + i
-            visit = _next_visit(planned, seq, f"io-{size_px}-{i}")
+            seq = 2000 + size_px + 100 * compress + i
+            visit = _next_visit(planned, seq, f"io-{size_px}-{compress:d}-{i}")
             for detector in DETECTORS:
                 image = _raw(visit, detector, size_px)
                 start = time.perf_counter()
@@ -145,11 +148,12 @@ def bench_ingest_export(work: Path, progress: Progress) -> dict[str, list[float]
                 refs = local.write_outputs(run, int(raw_ref.dataId["exposure"]), detector, _outputs(image))
                 local.export(refs, records, run=run)
                 done = time.perf_counter()
-                out.setdefault(f"raw ingest, {size_px} px", []).append(ingested - start)
-                out.setdefault(f"export, {size_px} px", []).append(done - ingested)
-                out.setdefault(f"ingest + export, {size_px} px", []).append(done - start)
+                out.setdefault(f"raw ingest, {label}", []).append(ingested - start)
+                out.setdefault(f"export, {label}", []).append(done - ingested)
+                out.setdefault(f"ingest + export, {label}", []).append(done - start)
                 progress.advance(task)
         local.close()
+    set_image_compression(False)
     return out
 
 

@@ -75,7 +75,9 @@ def render(ours: dict[str, Any], baseline: dict[str, Any], small: dict[str, Any]
         "Prefect server on SQLite, Redis, Tansu and moto S3 on loopback, one activator flow run.",
         "",
         "Overhead = the visit's wall time in the activator less image compute and waiting for the image: Prefect "
-        "bookkeeping, Redis, and the S3/Kafka I/O of preload, download and publish (512 x 512 images, 4 transients).",
+        "bookkeeping, Redis, and the Butler, S3 and Kafka I/O of preload (central -> local Butler), download and raw "
+        "ingest, and publish (outputs stored, exported to the central datastore, pp-output and alerts) "
+        "(512 x 512 images, 4 transients).",
         "",
         "| measure | p50 | p95 | max |",
         "|---|---:|---:|---:|",

@@ -125,9 +125,10 @@ def _event_action(
 
 def upload_raw(
     settings: Settings, plan: NightPlan, body: dict[str, Any], snap: int, detector: int, seq: int,
-    producer: Any, client: Any, *, corrupt: bool = False,
+    producer: Any, client: Any, *, corrupt: bool = False, sidecar: bool = True,
 ) -> str:  # fmt: skip
-    """Upload one raw + sidecar (+ truth) and publish both notifications; return the raw key."""
+    """Upload one raw + sidecar (+ truth) and publish both notifications; return the raw key. ``corrupt``
+    writes garbage for the image; ``sidecar=False`` leaves the sidecar out (a camera fault)."""
     instrument, group = plan.instrument, body["groupId"]
     night = day_obs(body["startTime"] - TAI_MINUS_UTC_S)
     obs = layout.obs_id(instrument, night, seq)
@@ -146,11 +147,12 @@ def upload_raw(
     raw_bucket = settings.s3.raw_bucket
     s3.put_bytes(client, raw_bucket, key, data)
     sidecar_key = key.removesuffix(".fits") + ".json"
-    s3.put_bytes(client, raw_bucket, sidecar_key, json.dumps(header).encode(), "application/json")
+    if sidecar:
+        s3.put_bytes(client, raw_bucket, sidecar_key, json.dumps(header).encode(), "application/json")
     truth_rows = [{"id": t.transient_id, "x_px": t.x_px, "y_px": t.y_px, "flux_e": t.flux_e} for t in truth]
     s3.put_bytes(client, settings.s3.truth_bucket, layout.truth_key(instrument.name, group, detector),
                  json.dumps(truth_rows).encode(), "application/json")  # fmt: skip
-    for object_key in (key, sidecar_key):
+    for object_key in (key, sidecar_key) if sidecar else (key,):
         notification = s3_notification(raw_bucket, object_key)
         producer.produce(settings.kafka.raw_notifications_topic, json.dumps(notification).encode())
     producer.poll(0)

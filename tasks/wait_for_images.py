@@ -15,9 +15,9 @@ from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
 from prompt_processing.butler import repo
 from prompt_processing.butler.records import HeaderMismatch
-from prompt_processing.imaging.fits_io import from_fits_bytes
+from prompt_processing.imaging.fits_io import HEADER_PROBE_BYTES, fits_header, from_fits_bytes
 from prompt_processing.model import naming
-from prompt_processing.model.errors import ImageTimeout, NonRetriableError, RetriableError
+from prompt_processing.model.errors import ImageTimeout, NonRetriableError, RetriableError, VisitError
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from tasks.common import step
 
@@ -55,6 +55,13 @@ def wait_for_images(
             found = _await_presence(ctx, instrument, group, snap, detector, deadline)
         waited_s += time.perf_counter() - started
         if found is None:
+            unpaired = _unpaired_raw(ctx, visit, detector, snap)
+            if unpaired is not None:
+                raise ImageTimeout(
+                    f"raw {unpaired} of {instrument} visit {group} detector {detector} snap {snap} landed, but its "
+                    f"sidecar ({unpaired.removesuffix('.fits')}.json) never did within {timeout_s:.0f} s of the "
+                    "shutter opening: the router needs the sidecar"
+                )
             raise ImageTimeout(
                 f"no raw image for {instrument} visit {group} detector {detector} snap {snap} "
                 f"within {timeout_s:.0f} s of the shutter opening"
@@ -83,6 +90,24 @@ def _ingest(
         raise NonRetriableError(f"raw {where} does not belong to this visit-detector: {exc}") from exc
     except repo.OUTAGES as exc:
         raise RetriableError(f"local Butler: {type(exc).__name__}: {exc}") from exc
+
+
+def _unpaired_raw(ctx: ProcessingContext, visit: NextVisit, detector: int, snap: int) -> str | None:
+    """The S3 URI of this visit-detector's raw if it landed without its sidecar (from the router's unpaired
+    raws of the night: each candidate's header is read with a ranged GET), else None."""
+    try:
+        members = ctx.redis.smembers(naming.unpaired_raws_key(visit.instrument, visit.day_obs(), detector))
+    except redis.RedisError:
+        return None  # the timeout stands on its own; this only explains it
+    for member in sorted(m.decode() if isinstance(m, bytes) else m for m in members):
+        bucket, _, key = member.partition("/")
+        try:
+            header = fits_header(s3.get_bytes(ctx.s3, bucket, key, HEADER_PROBE_BYTES))
+        except (ValueError, VisitError):
+            continue
+        if header.get("GROUPID") == visit.groupId and header.get("CURINDEX", 1) == snap + 1:
+            return f"s3://{bucket}/{key}"
+    return None
 
 
 def _await_presence(

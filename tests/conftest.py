@@ -52,7 +52,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         s3=S3Settings(port=free_port()),
         prefect=PrefectSettings(port=PREFECT_PORT),
         router=RouterSettings(http_port=0),
-        metrics=MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0),
+        metrics=MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0, butler_writer_port=0),
         stack=StackSettings(state_dir=state_dir),
     )
     stack = Stack(settings)

@@ -241,3 +241,23 @@ def _timespan(visit: Visit) -> object:
     from prompt_processing.butler.local import visit_timespan
 
     return visit_timespan(visit.next_visit)
+
+
+def test_activator_images_are_written_plain_unless_compression_is_asked_for(
+    tmp_path: Path, local_settings: Settings, central: Butler
+) -> None:
+    from astropy.io import fits
+
+    visit = Visit.make(LATISS)
+    image, header = visit.raw(0)
+    kinds = {}
+    for compress in (False, True):
+        settings = local_settings.butler.model_copy(update={"compress_images": compress})
+        local = local_repo(tmp_path, settings, central, "LATISS")
+        ref, _ = local.ingest_raw(visit.next_visit, 0, 0, image, header)
+        with fits.open(local.butler.getURI(ref).ospath) as hdus:
+            kinds[compress] = {type(hdu).__name__ for hdu in hdus}
+        assert (local.read(ref).array == image).all()  # lossless either way
+        local.close()
+    local_repo(tmp_path, local_settings.butler, central, "LATISS").close()  # back to the default: plain
+    assert "CompImageHDU" not in kinds[False] and "CompImageHDU" in kinds[True]

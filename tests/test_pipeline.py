@@ -69,11 +69,11 @@ class Pipeline:
             connection.close()
         return body
 
-    def land(self, body: dict[str, Any], *, corrupt: bool = False) -> None:
+    def land(self, body: dict[str, Any], *, corrupt: bool = False, sidecar: bool = True) -> None:
         """The camera writes the raw and S3 notifies the router."""
         producer, client = kafka.make_producer(self.settings.kafka), s3.make_client(self.settings.s3)
         upload_raw(self.settings, self.plan, body, 0, 0, int(time.time() * 1000) % 1_000_000,
-                   producer, client, corrupt=corrupt)  # fmt: skip
+                   producer, client, corrupt=corrupt, sidecar=sidecar)  # fmt: skip
         client.close()
         assert producer.flush(10) == 0
 
@@ -167,6 +167,19 @@ def test_image_never_arrives_fails_clearly_and_is_final(pipeline: Pipeline) -> N
         (run,) = client.read_task_runs(task_run_filter=name_filter)
     assert run.state is not None and run.state.is_failed()
     assert "no raw image for LATISS visit no-image" in (run.state.message or "")
+
+
+def test_a_raw_whose_sidecar_never_came_fails_saying_so(pipeline: Pipeline) -> None:
+    body = pipeline.announce("no-sidecar", duration_s=0.5)
+    pipeline.land(body, sidecar=False)
+    unpaired = naming.unpaired_raws_key("LATISS", NextVisit.from_json(json.dumps(body)).day_obs(), 0)
+    wait_for(lambda: pipeline.redis.scard(unpaired) == 1, what="the router to note the image")
+    thread, counts = _activator_in_thread()
+    thread.join(60)
+    assert counts["failed"] == 1
+    (result,) = pipeline.results()
+    assert result["stopped_at"] == "wait_for_images"
+    assert "landed, but its sidecar" in result["reason"] and "never did within 3 s" in result["reason"], result
 
 
 def test_corrupt_fits_is_a_non_retriable_failure(pipeline: Pipeline) -> None:

@@ -70,6 +70,18 @@ def test_sidecar_records_presence_wakes_the_waiter_and_serves_http(
         assert _get(f"{router.http_address}/presence/LSSTCam/2026-11-28T01:02:03.456/1/94")[0] == 404
         assert _get(f"{router.http_address}/presence/LSSTCam/oops")[0] == 400
         wait_for(lambda: router.counts["presences"] == 1 and router.counts["images"] == 1, what="counts")
+    assert redis_client.scard(naming.unpaired_raws_key("LSSTCam", "20261128", 94)) == 0  # paired by its sidecar
+
+
+def test_an_image_without_its_sidecar_is_noted_as_unpaired(settings: Settings, redis_client: redis.Redis) -> None:
+    bucket = settings.s3.raw_bucket
+    _upload(settings, RAW, b"fits bytes")
+    unpaired = naming.unpaired_raws_key("LSSTCam", "20261128", 94)
+    with Running(RouterService(settings)):
+        _notify(settings, s3_notification(bucket, RAW))
+        wait_for(lambda: redis_client.scard(unpaired) == 1, what="the unpaired image")
+    assert redis_client.smembers(unpaired) == {f"{bucket}/{RAW}".encode()}
+    assert 0 < redis_client.ttl(unpaired) <= settings.router.presence_ttl_s
 
 
 def test_bad_notifications_are_dead_lettered_and_the_router_keeps_going(

@@ -44,10 +44,12 @@ def ensure_buckets(client: Any, buckets: list[str]) -> list[str]:
     return created
 
 
-def get_bytes(client: Any, bucket: str, key: str) -> bytes:
-    """The object's content; ObjectMissing if absent, RetriableError if S3 is unreachable or failing."""
+def get_bytes(client: Any, bucket: str, key: str, first_bytes: int | None = None) -> bytes:
+    """The object's content (only its first ``first_bytes``, with a ranged GET, if given); ObjectMissing if
+    absent, RetriableError if S3 is unreachable or failing."""
+    ranged = {} if first_bytes is None else {"Range": f"bytes=0-{first_bytes - 1}"}
     try:
-        body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body: bytes = client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NoSuchBucket"):

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from lsst.daf.butler import Butler, DatasetRef, DimensionRecord, Timespan
 from lsst.daf.butler._collection_type import CollectionType
 from lsst.images import Image
+from lsst.images.fits import FitsCompressionOptions
 from lsst.resources import ResourcePath
 
 from prompt_processing.butler import repo
@@ -68,6 +69,7 @@ class LocalRepo:
             raise ValueError(f"no Butler instrument {instrument!r} (known: {', '.join(INSTRUMENTS)})")
         self.root, self.central, self.instrument, self.settings = root, central, instrument, settings
         self.central_root = ResourcePath(central_uri, forceDirectory=True)
+        set_image_compression(settings.compress_images)
         shutil.rmtree(root, ignore_errors=True)  # scratch: whatever an earlier process left is not ours
         root.mkdir(parents=True)
         Butler.makeRepo(str(root))
@@ -79,6 +81,10 @@ class LocalRepo:
         self.butler.registry.registerRun(repo.raw_run(instrument))
         self._cached: dict[str, OrderedDict[Any, DatasetRef]] = {"calib": OrderedDict(), "sky": OrderedDict()}
         self._limits = {"calib": settings.calib_cache_entries, "sky": settings.template_cache_entries}
+        # What this repository holds that a retry may ask for again: calibrations with their validity (found
+        # again without asking the central repository while the visit is inside it), datasets written here.
+        self._calibs: dict[tuple[str, int, str], tuple[DatasetRef, Timespan]] = {}
+        self._written: dict[tuple[str, str, tuple[Any, ...]], DatasetRef] = {}
 
     # -- preload ---------------------------------------------------------------------------------
 
@@ -90,7 +96,9 @@ class LocalRepo:
         calib = repo.calib_collection(self.instrument)
         base = {"instrument": self.instrument, "detector": detector}
         for name, data_id in ((repo.BIAS, base), (repo.FLAT, base | {"physical_filter": visit.filters})):
-            ref = self.central.find_dataset(name, data_id, collections=calib, timespan=timespan)
+            ref = self._cached_calib(name, detector, visit.filters, timespan)
+            if ref is None:
+                ref = self.central.find_dataset(name, data_id, collections=calib, timespan=timespan)
             if ref is None:
                 found.missing.append(f"{name}: none certified in {calib} for detector {detector} at the visit's time")
             else:
@@ -140,11 +148,20 @@ class LocalRepo:
             new_calibs = [ref for ref in todo if ref.datasetType.isCalibration()]
             for ref, validity in self._validity(new_calibs, calib).items():
                 self.butler.registry.certify(calib, [ref], validity)
+                key = (ref.datasetType.name, int(ref.dataId["detector"]), str(ref.dataId.get("physical_filter", "")))
+                self._calibs[key] = (ref, validity)
         for kind, ref in wanted:
             self._cached[kind][ref.id] = ref
             self._cached[kind].move_to_end(ref.id)
         self._prune("calib", self._limits["calib"])
         return len(todo)
+
+    def _cached_calib(self, name: str, detector: int, physical_filter: str, timespan: Timespan) -> DatasetRef | None:
+        """A calibration already here whose validity range holds the visit's time, if any (and still cached)."""
+        found = self._calibs.get((name, detector, physical_filter if name == repo.FLAT else ""))
+        if found is None or found[0].id not in self._cached["calib"] or not found[1].contains(timespan):
+            return None
+        return found[0]
 
     def _validity(self, refs: list[DatasetRef], calib: str) -> dict[DatasetRef, Timespan]:
         """The central validity range of each calibration in ``refs``."""
@@ -160,7 +177,12 @@ class LocalRepo:
         return out
 
     def end_visit(self) -> None:
-        """Prune templates and refcat shards beyond their cache limit (call once a visit-detector is done)."""
+        """A visit-detector is done (its outputs exported, or it failed): prune its raws and outputs, and
+        templates and refcat shards beyond their cache limit, so scratch space stays bounded."""
+        written = list(self._written.values())
+        self._written.clear()
+        if written:
+            self.butler.pruneDatasets(written, disassociate=True, unstore=True, purge=True)
         self._prune("sky", self._limits["sky"])
 
     def _prune(self, kind: str, limit: int) -> None:
@@ -183,11 +205,7 @@ class LocalRepo:
             for record in records:
                 self.butler.registry.insertDimensionData(record.definition, record, skip_existing=True)
         data_id = {"instrument": self.instrument, "detector": detector, "exposure": raw.exposure_id}
-        run = repo.raw_run(self.instrument)
-        ref = self.butler.find_dataset(repo.RAW, data_id, collections=run)
-        if ref is None:
-            ref = self.butler.put(Image(image), repo.RAW, data_id, run=run)
-        return ref, records
+        return self._put(Image(image), repo.RAW, data_id, repo.raw_run(self.instrument)), records
 
     def read(self, ref: DatasetRef) -> Any:
         """A dataset of this repository (an ``lsst.images.Image``, a table...)."""
@@ -200,13 +218,16 @@ class LocalRepo:
         attempt finds the ones already stored and keeps them."""
         self.butler.registry.registerRun(run)
         data_id = {"instrument": self.instrument, "visit": visit_id, "detector": detector}
-        refs = []
-        for name, obj in outputs.items():
-            ref = self.butler.find_dataset(name, data_id, collections=run)
-            if ref is None:
-                ref = self.butler.put(Image(obj) if isinstance(obj, np.ndarray) else obj, name, data_id, run=run)
-            refs.append(ref)
-        return refs
+        return [self._put(Image(obj) if isinstance(obj, np.ndarray) else obj, name, data_id, run)
+                for name, obj in outputs.items()]  # fmt: skip
+
+    def _put(self, obj: Any, name: str, data_id: dict[str, Any], run: str) -> DatasetRef:
+        """Store ``obj`` unless this repository already did (a retried step): then the stored one."""
+        key = (run, name, tuple(sorted(data_id.items())))
+        ref = self._written.get(key)
+        if ref is None:
+            ref = self._written[key] = self.butler.put(obj, name, data_id, run=run)
+        return ref
 
     def export(self, refs: Iterable[DatasetRef], records: Iterable[DimensionRecord], **about: Any) -> OutputEvent:
         """Copy the files of ``refs`` into the central datastore (same relative paths as here, which hold
@@ -226,6 +247,18 @@ class LocalRepo:
         """Close the local Butler and delete its repository (scratch space). The central Butler is the caller's."""
         self.butler.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_COMPRESSED = FitsCompressionOptions.DEFAULT
+
+
+def set_image_compression(enabled: bool) -> None:
+    """Whether images this process writes are tile-compressed (lsst-images' default: lossless GZIP_2).
+
+    Process-wide: lsst-images keeps the default on ``FitsCompressionOptions.DEFAULT``, which its FITS
+    writer falls back to for every image without a write recipe; ``None`` there writes plain images.
+    """
+    FitsCompressionOptions.DEFAULT = _COMPRESSED if enabled else None
 
 
 def visit_timespan(visit: NextVisit) -> Timespan:

@@ -83,6 +83,24 @@ def from_fits_bytes(data: bytes) -> tuple[FloatImage, dict[str, HeaderValue]]:
     return image, cards
 
 
+HEADER_PROBE_BYTES = 4 * FITS_BLOCK_BYTES
+"""How much of a file ``fits_header`` needs for a raw's primary header (ours fit in one block)."""
+
+
+def fits_header(head: bytes) -> dict[str, HeaderValue]:
+    """The non-structural cards of the primary header, from the first bytes of a FITS file (no pixels
+    needed); ``ValueError`` if they are not a FITS header or it does not end within them."""
+    if not head.startswith(b"SIMPLE  ="):
+        raise ValueError("not a FITS file: no leading SIMPLE card")
+    text = head.decode("ascii", errors="replace")
+    cards = [text[i : i + 80] for i in range(0, len(text) - len(text) % 80, 80)]
+    end = next((i for i, card in enumerate(cards) if card.rstrip() == "END"), None)
+    if end is None:
+        raise ValueError(f"no END card in the first {len(head)} bytes")
+    header = fits.Header.fromstring("".join(cards[: end + 1]))
+    return {key: header[key] for key in header if not _is_structural(key)}
+
+
 def _is_structural(key: str) -> bool:
     return key in _STRUCTURAL_KEYS or re.fullmatch(r"NAXIS\d+", key) is not None
 

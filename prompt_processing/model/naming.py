@@ -38,6 +38,12 @@ def presence_key(instrument: str, group_id: str, snap: int, detector: int) -> st
     return f"presence:{instrument.lower()}:{group_id}:{snap}:{detector}"
 
 
+def unpaired_raws_key(instrument: str, day_obs: str, detector: int) -> str:
+    """Set of raw FITS keys of a night and detector whose sidecar has not arrived (yet): the router adds a
+    key when the image lands and removes it with the sidecar; an activator whose image never came looks here."""
+    return f"{KEY_PREFIX}:unpaired:{instrument.lower()}:{day_obs}:{detector}"
+
+
 def arrivals_key(instrument: str, group_id: str, snap: int, detector: int) -> str:
     """List the router pushes to when the image lands; the waiting activator BLPOPs it."""
     return f"{KEY_PREFIX}:arrivals:{instrument.lower()}:{group_id}:{snap}:{detector}"

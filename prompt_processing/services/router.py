@@ -4,9 +4,11 @@ For each S3 ``ObjectCreated`` record of a raw sidecar (``.json``, written after 
 it reads the sidecar's ``GROUPID`` and snap index, records
 ``presence:<instrument>:<group>:<snap>:<detector>`` (JSON: the image's key and when it
 landed) with a TTL, and pushes the image key onto that visit-detector's arrival list, which
-the waiting activator BLPOPs — no polling anywhere. Image (``.fits``) records are validated
-and counted. Keys that do not follow the instrument's layout, and unreadable sidecars, go
-to the dead-letter topic with the reason. It also serves presence look-ups over HTTP:
+the waiting activator BLPOPs — no polling anywhere. Image (``.fits``) records are validated,
+counted, and noted as unpaired (``naming.unpaired_raws_key``) until their sidecar arrives, so an
+activator whose image never "came" can tell a missing sidecar from a missing image. Keys that
+do not follow the instrument's layout, and unreadable sidecars, go to the dead-letter topic with
+the reason. It also serves presence look-ups over HTTP:
 ``GET /presence/<instrument>/<group>/<snap>/<detector>`` -> 200 JSON, or 404.
 
 Delivery guarantee: at least once (offsets commit after Redis confirmed); presence and
@@ -127,19 +129,29 @@ class RouterService(KafkaService):
 
     def _route(self, bucket: str, key: str, landed_at: str) -> None:
         raw = parse_raw_key(key)
+        name = raw.instrument.name
+        unpaired = naming.unpaired_raws_key(name, raw.day_obs, raw.detector)
+        ttl_s = self.settings.router.presence_ttl_s
         if raw.ext == "fits":
             self.metrics.images.inc()
             self.counts["images"] += 1
+
+            def note_image() -> None:  # until its sidecar comes, so a visit that times out can say why
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.sadd(unpaired, f"{bucket}/{key}")
+                pipe.expire(unpaired, ttl_s)
+                pipe.execute()
+
+            self.retrying("redis", note_image)
             return
         sidecar = self.retrying("s3", lambda: _get_retrying(self._s3, bucket, key))
         group, snap = presence_from_sidecar(sidecar, raw)
-        name = raw.instrument.name
         value = json.dumps({"bucket": bucket, "key": raw.fits_key, "landed_at": landed_at})
-        ttl_s = self.settings.router.presence_ttl_s
         wake = naming.arrivals_key(name, group, snap, raw.detector)
 
         def record() -> None:
             pipe = self.redis.pipeline(transaction=True)
+            pipe.srem(unpaired, f"{bucket}/{raw.fits_key}")
             pipe.set(naming.presence_key(name, group, snap, raw.detector), value, ex=ttl_s)
             pipe.rpush(wake, value)
             pipe.expire(wake, ttl_s)
