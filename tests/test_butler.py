@@ -261,3 +261,16 @@ def test_activator_images_are_written_plain_unless_compression_is_asked_for(
         local.close()
     local_repo(tmp_path, local_settings.butler, central, "LATISS").close()  # back to the default: plain
     assert "CompImageHDU" not in kinds[False] and "CompImageHDU" in kinds[True]
+
+
+def test_a_visit_not_pointed_on_the_sky_reports_why_it_has_no_template(
+    tmp_path: Path, local_settings: Settings, central: Butler
+) -> None:
+    from prompt_processing.model.events import CoordinateSystem
+
+    visit = Visit.make(LATISS)
+    seed(central, visit, (0,))
+    horizontal = visit.next_visit.model_copy(update={"coordinateSystem": CoordinateSystem.OBSERVED})
+    found = local_repo(tmp_path, local_settings.butler, central, "LATISS").preload(horizontal, 0)
+    assert found.bias is not None and found.template is None
+    assert "template: the visit's coordinateSystem is OBSERVED, not ICRS" in found.missing[0]

@@ -42,7 +42,7 @@ from prompt_processing.butler.instruments import INSTRUMENTS
 from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.butler.records import HeaderValue, check_header, visit_records
 from prompt_processing.model import sky
-from prompt_processing.model.events import NextVisit
+from prompt_processing.model.events import CoordinateSystem, NextVisit
 from prompt_processing.model.instruments import get_instrument
 from prompt_processing.settings import ButlerSettings
 
@@ -104,7 +104,11 @@ class LocalRepo:
             else:
                 wanted.append(("calib", ref))
                 setattr(found, name, ref)
-        template, refcats, why = self._sky_inputs(visit, detector)
+        if visit.coordinateSystem == CoordinateSystem.ICRS:
+            template, refcats, why = self._sky_inputs(visit, detector)
+        else:  # position is not (ra, dec): there is no sky region to look in
+            template, refcats = None, []
+            why = f"the visit's coordinateSystem is {visit.coordinateSystem.name}, not ICRS: no sky position"
         if template is None:
             found.missing.append(f"template: {why}")
         else:
