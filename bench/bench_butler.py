@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import astropy.time
 import matplotlib
 
 matplotlib.use("Agg")
@@ -39,16 +38,16 @@ from lsst.daf.butler import Butler, Config
 from rich.progress import Progress
 
 from bench.bench_fanout import _replace_section
+from pp_devkit.night import raw_header
 from pp_devkit.postgres import fresh_database
-from pp_devkit.seed import seed_central, star_tile
+from pp_devkit.seed import seed_central, star_tile_at
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
 from pp_devkit.synth import raw_image
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo, set_image_compression
 from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.butler.writer import CentralWriter
-from prompt_processing.model import sky
-from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit, day_obs
+from prompt_processing.model.events import NextVisit
 from prompt_processing.model.instruments import LSSTCAM
 from prompt_processing.settings import ButlerSettings, S3Settings
 
@@ -75,17 +74,12 @@ def _next_visit(planned: PlannedVisit, seq: int, group: str) -> NextVisit:
 
 
 def _header(visit: NextVisit, detector: int, seq: int) -> dict[str, Any]:
-    night = day_obs(visit.startTime - TAI_MINUS_UTC_S)
-    begin = astropy.time.Time(visit.startTime, format="unix_tai").isot
-    return {"INSTRUME": "LSSTCam", "DETECTOR": detector, "GROUPID": visit.groupId, "OBSID": f"MC_O_{night}_{seq:06d}",
-            "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": 1, "FILTER": visit.filters, "EXPTIME": visit.duration,
-            "DATE-BEG": begin, "PROGRAM": visit.survey}  # fmt: skip
+    return raw_header(LSSTCAM, visit.model_dump(mode="json"), detector, seq)
 
 
 def _raw(visit: NextVisit, detector: int, size_px: int) -> np.ndarray:
-    ra, dec = visit.position
-    trixel = sky.htm_index(*sky.detector_centre(LSSTCAM, detector, ra, dec, visit.cameraAngle))
-    image, _ = raw_image(instrument="LSSTCam", detector=detector, tile=star_tile(trixel), group_id=visit.groupId,
+    tile = star_tile_at(LSSTCAM, detector, visit.position[0], visit.position[1], visit.cameraAngle)
+    image, _ = raw_image(instrument="LSSTCam", detector=detector, tile=tile, group_id=visit.groupId,
                          shape_px=(size_px, size_px), n_transients=3)  # fmt: skip
     return image
 

@@ -71,7 +71,7 @@ class NightReport:
             for name in repo.OUTPUT_TYPES:
                 refs = central.query_datasets(name, collections=repo.output_glob("LSSTCam", night), find_first=False,
                                               explain=False)  # fmt: skip
-                self.central_outputs += sum(ref.run.rsplit("/", 1)[1].rsplit("-", 1)[0] in groups for ref in refs)
+                self.central_outputs += sum(repo.output_run_group(ref.run) in groups for ref in refs)
 
     def _score_transients(self, settings: Settings, groups: set[str]) -> None:
         alerts: dict[tuple[str, int], list[dict[str, Any]]] = {}

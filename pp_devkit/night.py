@@ -15,7 +15,7 @@ import heapq
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -24,13 +24,13 @@ from typing import Any
 import astropy.time
 from rich.progress import Progress
 
-from pp_devkit.seed import SeedReport, seed_central, star_tile
+from pp_devkit.seed import SeedReport, seed_central, star_tile_at
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
 from pp_devkit.synth import raw_image
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.butler import repo
 from prompt_processing.imaging.fits_io import to_fits_bytes
-from prompt_processing.model import layout, sky
+from prompt_processing.model import layout
 from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.model.instruments import Instrument
 from prompt_processing.settings import Settings
@@ -134,15 +134,10 @@ def upload_raw(
     obs = layout.obs_id(instrument, night, seq)
     key = layout.raw_key(instrument, night, obs, detector)
     (ra, dec), angle = body["position"], body["cameraAngle"]
-    tile = star_tile(sky.htm_index(*sky.detector_centre(instrument, detector, ra, dec, angle)))
+    tile = star_tile_at(instrument, detector, ra, dec, angle)
     image, truth = raw_image(instrument=instrument.name, detector=detector, tile=tile, group_id=group, snap=snap,
                              shape_px=plan.shape_px, n_transients=plan.n_transients, rng_seed=plan.seed)  # fmt: skip
-    snaps = max(body["nimages"], 1)
-    begin = astropy.time.Time(body["startTime"] + snap * body["duration"] / snaps, format="unix_tai")
-    header = {"INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": group, "OBSID": obs,
-              "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": snap + 1, "FILTER": body["filters"],
-              "EXPTIME": body["duration"] / snaps, "DATE-BEG": begin.isot, "RA": ra, "DEC": dec, "ROTPA": angle,
-              "PROGRAM": body["survey"]}  # fmt: skip
+    header = raw_header(instrument, body, detector, seq, snap)
     data = b"SIMPLE  = garbage" if corrupt else to_fits_bytes(image, header)
     raw_bucket = settings.s3.raw_bucket
     s3.put_bytes(client, raw_bucket, key, data)
@@ -157,6 +152,21 @@ def upload_raw(
         producer.produce(settings.kafka.raw_notifications_topic, json.dumps(notification).encode())
     producer.poll(0)
     return key
+
+
+def raw_header(
+    instrument: Instrument, body: Mapping[str, Any], detector: int, seq: int, snap: int = 0
+) -> dict[str, Any]:
+    """The cards the camera writes in a raw and its sidecar (``butler.records`` reads them), for snap ``snap``
+    of the visit whose NextVisit is ``body`` (as sent: JSON values)."""
+    night = day_obs(body["startTime"] - TAI_MINUS_UTC_S)
+    snaps = max(body["nimages"], 1)
+    begin = astropy.time.Time(body["startTime"] + snap * body["duration"] / snaps, format="unix_tai")
+    (ra, dec), angle = body["position"], body["cameraAngle"]
+    return {"INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": body["groupId"],
+            "OBSID": layout.obs_id(instrument, night, seq), "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": snap + 1,
+            "FILTER": body["filters"], "EXPTIME": body["duration"] / snaps, "DATE-BEG": begin.isot, "RA": ra,
+            "DEC": dec, "ROTPA": angle, "PROGRAM": body["survey"]}  # fmt: skip
 
 
 def s3_notification(bucket: str, key: str) -> dict[str, Any]:

@@ -49,6 +49,11 @@ def template_trixel(instrument: Instrument, detector: int, visit: PlannedVisit) 
     return sky.htm_index(*centre)
 
 
+def star_tile_at(instrument: Instrument, detector: int, ra_deg: float, dec_deg: float, camera_angle_deg: float) -> str:
+    """The star field a raw of ``detector`` shows at this pointing: its template's (``template_trixel``)."""
+    return star_tile(sky.htm_index(*sky.detector_centre(instrument, detector, ra_deg, dec_deg, camera_angle_deg)))
+
+
 def seed_central(
     butler: Butler, instrument: Instrument, detectors: Iterable[int], visits: list[PlannedVisit],
     shape_px: tuple[int, int], *, holes: Iterable[int] = (),

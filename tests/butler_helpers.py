@@ -10,12 +10,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import astropy.time
 import numpy as np
 from lsst.daf.butler import Butler
 
-from pp_devkit.night import NightPlan
-from pp_devkit.seed import seed_central, star_tile
+from pp_devkit.night import NightPlan, raw_header
+from pp_devkit.seed import seed_central, star_tile_at
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
 from pp_devkit.synth import raw_image
 from prompt_processing.butler import repo
@@ -23,8 +22,7 @@ from prompt_processing.butler.local import LocalRepo
 from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.imaging.algorithms import process_detector
 from prompt_processing.imaging.catalogue import catalogue_to_arrow
-from prompt_processing.model import sky
-from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit, day_obs
+from prompt_processing.model.events import NextVisit
 from prompt_processing.model.instruments import Instrument
 from prompt_processing.settings import ButlerSettings, Settings
 
@@ -54,18 +52,11 @@ class Visit:
 
     def raw(self, detector: int, **header_changes: object) -> tuple[np.ndarray, dict[str, object]]:
         """The detector's raw (the simulator's image) and the header the camera would write."""
-        v, name = self.next_visit, self.instrument.name
-        ra, dec = v.position
-        trixel = sky.htm_index(*sky.detector_centre(self.instrument, detector, ra, dec, v.cameraAngle))
-        image, _ = raw_image(instrument=name, detector=detector, tile=star_tile(trixel), group_id=v.groupId,
+        v = self.next_visit
+        tile = star_tile_at(self.instrument, detector, v.position[0], v.position[1], v.cameraAngle)
+        image, _ = raw_image(instrument=self.instrument.name, detector=detector, tile=tile, group_id=v.groupId,
                              shape_px=SHAPE_PX, n_transients=3)  # fmt: skip
-        night = day_obs(v.startTime - TAI_MINUS_UTC_S)
-        header: dict[str, object] = {
-            "INSTRUME": name, "DETECTOR": detector, "GROUPID": v.groupId, "OBSID": f"X_{night}_{self.seq_num:06d}",
-            "DAYOBS": int(night), "SEQNUM": self.seq_num, "CURINDEX": 1, "FILTER": v.filters, "EXPTIME": v.duration,
-            "DATE-BEG": astropy.time.Time(v.startTime, format="unix_tai").isot, "RA": ra, "DEC": dec,
-            "ROTPA": v.cameraAngle, "PROGRAM": v.survey,
-        }  # fmt: skip
+        header = raw_header(self.instrument, v.model_dump(mode="json"), detector, self.seq_num)
         return image, header | header_changes
 
 

@@ -15,6 +15,7 @@ from lsst.daf.butler import Butler
 
 from pp_devkit.postgres import fresh_database
 from prompt_processing.butler import repo
+from prompt_processing.butler.local import visit_timespan
 from prompt_processing.butler.output_event import BadOutputEvent, OutputEvent
 from prompt_processing.butler.records import HeaderMismatch
 from prompt_processing.butler.writer import CentralWriter
@@ -67,7 +68,7 @@ def test_preload_brings_calibs_template_and_refcats_and_keeps_calibs_warm(
     assert cold.transferred == 3 + len(cold.refcats)
     # Re-certified locally with the central validity range: found by the visit's time, as a pipeline would.
     ts = local.butler.find_dataset(repo.BIAS, instrument="LSSTCam", detector=94,
-                                   collections="LSSTCam/calib", timespan=_timespan(visit))  # fmt: skip
+                                   collections="LSSTCam/calib", timespan=visit_timespan(visit.next_visit))  # fmt: skip
     assert ts is not None and ts.id == cold.bias.id
     local.end_visit()  # templates and refcats are not cached (template_cache_entries = 0): pruned
     assert local.butler.stored(cold.bias) and not local.butler.stored(cold.template)
@@ -236,11 +237,6 @@ def test_postgres_registry_and_s3_datastore_end_to_end(tmp_path: Path, settings:
         for butler in (local, reader, central):  # before the database is dropped
             butler.close()
 
-
-def _timespan(visit: Visit) -> object:
-    from prompt_processing.butler.local import visit_timespan
-
-    return visit_timespan(visit.next_visit)
 
 
 def test_activator_images_are_written_plain_unless_compression_is_asked_for(

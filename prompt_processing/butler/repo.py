@@ -89,6 +89,11 @@ def output_run(instrument: str, day_obs: str, group: str, attempt: str) -> str:
     return f"{instrument}/prompt/output-{day_obs}/{group}-{attempt}"
 
 
+def output_run_group(run: str) -> str:
+    """The groupId of a RUN made by ``output_run`` (its last part, less ``-<attempt>``)."""
+    return run.rsplit("/", 1)[1].rsplit("-", 1)[0]
+
+
 def output_glob(instrument: str, day_obs: str) -> str:
     """Every output RUN of a night, as a collection glob (``butler query-datasets --collections``)."""
     return f"{instrument}/prompt/output-{day_obs}/*"
