@@ -4,7 +4,8 @@ Deployed as ``process-visit-detector/rerun`` (``pp rerun``, the pre-filled link 
 visit-detector's artifact, or the UI's run form). An operator gives only (instrument, group,
 detector): the NextVisit event is read back from the record the fan-out kept
 (``pp:visit:<instrument>:<group>``, kept for ``PP_FANOUT__DEDUP_TTL_S``). Alerts already published
-are never sent again: the run then ends Completed, named ``Ignored``. A visit whose images never
+are never sent again: a visit-detector the APDB holds ends Completed, named ``Ignored``, unless
+``force`` is set (new outputs; nothing stored in the APDB, no alert sent again). A visit whose images never
 landed fails at once with that reason (its deadline passed long ago) instead of waiting again.
 
 The outcome is recorded like an activator's: a line in the instrument's results stream (so the
@@ -37,7 +38,7 @@ Instrument = Literal["LSSTCam", "LATISS", "HSC"]
 
 @flow(name=naming.PROCESS_VISIT_DETECTOR_FLOW, flow_run_name="{instrument}-{group}-det{detector:03d}")
 def process_visit_detector(
-    instrument: Instrument, group: str, detector: int, rerun_of: str = ""
+    instrument: Instrument, group: str, detector: int, rerun_of: str = "", force: bool = False
 ) -> State[VisitOutcome]:
     """Preload, wait for images, process and publish one visit-detector; the outcome is the result.
 
@@ -47,6 +48,8 @@ def process_visit_detector(
         detector: The detector id, e.g. 94 for LSSTCam R22_S11.
         rerun_of: The id of the run whose failure this repeats (set by `pp rerun` and the
             artifacts' rerun links); recorded with the outcome and tagged `rerun-of:<id>`.
+        force: Reprocess a visit-detector the APDB already holds: new outputs, nothing stored in the
+            APDB, no alert sent again. Without it such a rerun ends Ignored.
     """
     settings = Settings()
     configure_run_logging(settings)
@@ -54,7 +57,7 @@ def process_visit_detector(
                  *([naming.rerun_of_tag(rerun_of)] if rerun_of else []))  # fmt: skip
     ctx = ProcessingContext(settings, name=f"rerun-{socket.gethostname()}")
     try:
-        outcome = run_visit_detector(ctx, _recorded_visit(ctx, instrument, group), detector)
+        outcome = run_visit_detector(ctx, _recorded_visit(ctx, instrument, group), detector, rerun=True, force=force)
         outcome.flow_run_id, outcome.rerun_of = str(flow_run.get_id() or ""), rerun_of
         append_result(ctx.redis, instrument, outcome.record(), retention_s=settings.visit.results_retention_s)
         report_outcome(ctx, outcome, get_run_logger())

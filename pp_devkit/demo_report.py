@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +17,7 @@ from rich.table import Table
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.health import read_health
 from prompt_processing.adapters.results import landed_to_alerts_s, read_results
+from prompt_processing.alerts.packet import load_schema
 from prompt_processing.butler import repo
 from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
 from prompt_processing.model import layout, naming
@@ -74,11 +75,14 @@ class NightReport:
                 self.central_outputs += sum(repo.output_run_group(ref.run) in groups for ref in refs)
 
     def _score_transients(self, settings: Settings, groups: set[str]) -> None:
+        """Alerts decoded with the schema they were framed for, matched to the simulator's truth by position."""
+        schema = load_schema(settings.alerts.schema_version)
         alerts: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for message in kafka.read_all(settings.kafka, settings.kafka.alerts_topic):
-            alert = json.loads(message)
-            if alert["groupId"] in groups:
-                alerts.setdefault((alert["groupId"], int(alert["detector"])), []).append(alert["diaSource"])
+        for record in kafka.read_records(settings.kafka, settings.kafka.alerts_topic):
+            group = record.headers.get("group", b"").decode()
+            if group in groups:
+                source = schema.decode(record.value)["diaSource"]
+                alerts.setdefault((group, int(source["detector"])), []).append(source)
         self.alerts = sum(len(v) for v in alerts.values())
         client = s3.make_client(settings.s3)
         try:
@@ -89,7 +93,7 @@ class NightReport:
                 truth = [
                     SimpleNamespace(**t) for t in json.loads(s3.get_bytes(client, settings.s3.truth_bucket, key))
                 ]
-                detected = _catalogue(alerts.get((r["group"], int(r["detector"])), []))
+                detected = _positions(alerts.get((r["group"], int(r["detector"])), []))
                 found, _missed, spurious = match_to_truth(detected, truth)
                 self.injected += len(truth)
                 self.recovered += found
@@ -98,10 +102,13 @@ class NightReport:
             client.close()
 
 
-def _catalogue(rows: list[dict[str, Any]]) -> Catalogue:
-    if not rows:
+def _positions(sources: list[dict[str, Any]]) -> Catalogue:
+    """The alerts' diaSource pixel positions as a catalogue (what ``match_to_truth`` compares)."""
+    if not sources:
         return Catalogue.empty()
-    return Catalogue(**{f.name: np.array([row[f.name] for row in rows]) for f in fields(Catalogue)})
+    x_px, y_px = (np.array([s[name] for s in sources], dtype=np.float64) for name in ("x", "y"))
+    flux = np.array([s["psfFlux"] for s in sources], dtype=np.float64)
+    return Catalogue(x_px, y_px, flux, np.ones_like(flux), np.zeros_like(flux), np.zeros(len(sources), np.int64))
 
 
 def print_report(console: Console, settings: Settings, report: NightReport, logs: Path) -> None:

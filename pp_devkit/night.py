@@ -28,6 +28,7 @@ from pp_devkit.seed import SeedReport, seed_central, star_tile_at
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
 from pp_devkit.synth import raw_image
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
 from prompt_processing.imaging.fits_io import to_fits_bytes
 from prompt_processing.model import layout
@@ -72,7 +73,9 @@ class Agenda:
 
 
 def seed_central_repo(settings: Settings, plan: NightPlan, visits: list[PlannedVisit]) -> SeedReport:
-    """Make the central repository if needed (``pp butler init``) and seed what the night needs."""
+    """Make the central repository and the APDB if needed (``pp butler init``, ``pp apdb init``) and seed
+    what the night needs."""
+    init_apdb(settings.apdb)
     butler = repo.init_central(settings.butler, settings.s3)
     return seed_central(butler, plan.instrument, plan.detectors, visits, plan.shape_px, holes=plan.template_holes)
 

@@ -318,6 +318,39 @@ class ButlerSettings(BaseModel):
     writer_shutdown_deadline_s: float = Field(30.0, gt=0, description="SIGTERM: finish the batch within this.")
 
 
+class ApdbSettings(BaseModel):
+    """The Alert Production Database (lsst-dax-apdb's ``ApdbSql``): DiaObjects and DiaSources. A
+    visit-detector in it is processed: its alerts are not sent again."""
+
+    db_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the APDB. Default: SQLite at <stack.state_dir>/apdb/apdb.sqlite3 "
+        "(absolute). Production: postgresql://user@host/db (driven by psycopg2), created by `pp apdb init`.",
+    )
+    namespace: str | None = Field(None, description="PostgreSQL schema of the APDB tables (default: the search path).")
+    association_radius_arcsec: float = Field(
+        1.0, gt=0, le=10, description="A DiaSource joins the nearest DiaObject within this; otherwise it starts one."
+    )
+    prior_sources_months: int = Field(
+        12, ge=0, le=120, description="History of DiaSources read for association and alerts (0: none)."
+    )
+    connection_timeout_s: int = Field(10, ge=1, le=300, description="Database connection timeout.")
+
+
+class AlertSettings(BaseModel):
+    """The alerts: lsst-alert-packet's Avro schema, Confluent wire framing, one per DiaSource."""
+
+    schema_version: str | None = Field(
+        None, description="lsst-alert-packet schema version, e.g. '11.1' (default: the package's latest)."
+    )
+    cutout_size_px: int = Field(31, ge=5, le=301, description="Side of the science, template and difference cutouts.")
+    max_per_detector: int = Field(
+        2000, ge=1, le=65_535,
+        description="Most DiaSources a visit-detector may have; more is a failed visit (a bad subtraction), not "
+        "a flood of alerts.",
+    )  # fmt: skip
+
+
 class AutoscalerSettings(BaseModel):
     """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs (prompt_processing/autoscaler/)."""
 
@@ -441,6 +474,8 @@ class Settings(BaseSettings):
     activator: ActivatorSettings = ActivatorSettings()
     visit: VisitSettings = VisitSettings()
     butler: ButlerSettings = ButlerSettings()
+    apdb: ApdbSettings = ApdbSettings()
+    alerts: AlertSettings = AlertSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     reporter: ReporterSettings = ReporterSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -479,12 +514,15 @@ class Settings(BaseSettings):
         return merged
 
     @model_validator(mode="after")
-    def _central_repo_default(self) -> Settings:
-        """The embedded default's central repository, under the stack's state directory, as an absolute path
+    def _state_dir_defaults(self) -> Settings:
+        """The embedded defaults of the central repository and the APDB, under the stack's state directory, absolute
         (so processes started elsewhere, and ``export_env``, agree on it)."""
         if self.butler.central_repo is None:
             central = str((self.stack.state_dir / "butler" / "central").resolve())
             self.butler = self.butler.model_copy(update={"central_repo": central})
+        if self.apdb.db_url is None:
+            path = (self.stack.state_dir / "apdb" / "apdb.sqlite3").resolve()
+            self.apdb = self.apdb.model_copy(update={"db_url": f"sqlite:///{path}"})
         return self
 
     @model_validator(mode="after")
@@ -498,7 +536,7 @@ class Settings(BaseSettings):
         return self
 
 
-FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler")
+FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler", "apdb", "alerts")
 """The sections a flow run (activator, rerun) reads from its own environment: in production the
 work pool's job template gives them (ConfigMap and Secrets); locally the Prefect worker's environment."""
 

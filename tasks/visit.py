@@ -1,4 +1,4 @@
-"""One visit-detector, start to finish: preload -> wait_for_images -> process -> publish.
+"""One visit-detector, start to finish: preload -> wait_for_images -> process -> associate -> publish.
 
 Three names, three things:
 
@@ -30,6 +30,7 @@ from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError
 from prompt_processing.model.events import NextVisit
+from tasks.associate import ApdbState, apdb_state, associate
 from tasks.common import run_step
 from tasks.outcome import VisitOutcome, max_rss_bytes, outcome_state, report_outcome
 from tasks.preload import preload
@@ -43,10 +44,17 @@ def visit_label(instrument: str, group: str, detector: int) -> str:
     return f"{instrument}-{group}-det{detector:03d}"
 
 
-def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) -> VisitOutcome:
+def run_visit_detector(
+    ctx: ProcessingContext, visit: NextVisit, detector: int, *, rerun: bool = False, force: bool = False
+) -> VisitOutcome:
     """Process one visit-detector; never alerts twice for the same one.
 
-    Returns the final outcome: ``succeeded``, ``ignored`` (already published) or ``failed``
+    Once its raws are in, the APDB says whether it was processed (``tasks.associate.ApdbState``): an
+    activator then ignores it, a ``rerun`` refuses (ignored, with the reason) unless ``force``d; a forced
+    rerun writes new outputs and stores nothing. Alerts the APDB's rows show but that are not known sent
+    (the worker died between the two) are sent (the same alerts, same ids); alerts sent never are again.
+
+    Returns the final outcome: ``succeeded``, ``ignored`` (already processed) or ``failed``
     (a ``NonRetriableError``: missing calibration, corrupt image, image never arrived...).
     Raises ``RetriableError`` (an outage that outlasted the steps' retries) or an unexpected
     error: not final, the caller decides what happens to the work entry.
@@ -56,14 +64,14 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
                            started_at=started_at, processed_by=ctx.name)  # fmt: skip
     clock, v = StepClock(visit_label(visit.instrument, visit.groupId, detector)), ctx.settings.visit
     try:
-        if ctx.redis.exists(naming.published_key(visit.instrument, visit.groupId, detector)):
-            raise IgnorableVisit("alerts already published for this visit-detector")
         with transaction(commit_mode=CommitMode.EAGER):
             inputs = run_step(preload, v, ctx, clock, visit, detector)
             raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
+            state = _admitted(apdb_state(ctx, visit, detector, raws.visit_id), rerun=rerun, force=force)
             named = f"{visit.instrument} {visit.groupId} det{detector:03d}"
             result = run_step(process, v, ctx, clock, visit.instrument, raws, inputs, named)
-            published = run_step(publish, v, ctx, clock, visit, detector, raws, result)
+            associated = run_step(associate, v, ctx, clock, visit, detector, raws, result, state)
+            published = run_step(publish, v, ctx, clock, visit, detector, raws, result, associated)
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
@@ -77,6 +85,18 @@ def run_visit_detector(ctx: ProcessingContext, visit: NextVisit, detector: int) 
     outcome.total_s = time.perf_counter() - start
     outcome.max_rss_bytes = max_rss_bytes()
     return outcome
+
+
+def _admitted(state: ApdbState, *, rerun: bool, force: bool) -> ApdbState:
+    """``state`` if the visit-detector is to be processed; IgnorableVisit (with the reason) if not."""
+    if state is ApdbState.NEW or force:
+        return state
+    if rerun:
+        raise IgnorableVisit("already in the APDB: rerun with force to rewrite its outputs (an alert already "
+                             "sent is never sent again)")  # fmt: skip
+    if state is ApdbState.SENT:
+        raise IgnorableVisit("already in the APDB, alerts sent")
+    return state
 
 
 @task(name=naming.VISIT_DETECTOR_TASK, task_run_name="{visit.instrument}-{visit.groupId}-det{detector:03d}",

@@ -71,8 +71,9 @@ def prefect_server(stack_settings: Settings) -> str:
 
 
 @pytest.fixture
-def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
-    """Settings with this test's own topics and group; LSSTCam uses production's disabled list."""
+def settings(stack_settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> Settings:
+    """Settings with this test's own topics, group and APDB (a SQLite file, made by ``pp_devkit.night``'s
+    seeding); LSSTCam uses production's disabled list."""
     tag = uuid.uuid4().hex[:8]
     topics = {name: f"{name.replace('_topic', '')}-{tag}" for name in _TOPIC_FIELDS}
     settings = stack_settings.model_copy(
@@ -85,6 +86,7 @@ def settings(stack_settings: Settings, redis_client: redis.Redis) -> Settings:
                 group_id=f"router-{tag}", consumer_name=f"router-{tag}", http_port=0, poll_timeout_s=0.2
             ),
             "fanout": FanoutSettings(group_id=f"fanout-{tag}", consumer_name=f"test-{tag}", poll_timeout_s=0.2),
+            "apdb": stack_settings.apdb.model_copy(update={"db_url": f"sqlite:///{tmp_path / 'apdb.sqlite3'}"}),
             "instruments": {
                 "LSSTCam": InstrumentSettings(disabled_detectors="production"),
                 "LATISS": InstrumentSettings(),

@@ -12,10 +12,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+import fastavro.validation
 from confluent_kafka import Message
 
 from pp_devkit.sim import next_visit_message, plan_visits
 from prompt_processing.adapters import kafka
+from prompt_processing.alerts.packet import load_schema, schema_id
 from prompt_processing.model.instruments import get_instrument
 from prompt_processing.services.fanout import FanOutService
 from prompt_processing.services.kafka_service import KafkaService
@@ -65,6 +67,23 @@ def consume_all(settings: Settings, topic: str, n: int, *, timeout_s: float = 30
     finally:
         consumer.close()
     return got
+
+
+def decode_alerts(settings: Settings, messages: list[Message]) -> list[dict[str, Any]]:
+    """Alerts as a consumer reads them: each framed for the configured schema, decoded by fastavro and
+    validated against the schema (a mismatch raises); the message's key and headers under ``_key`` and
+    ``_headers``."""
+    schema = load_schema(settings.alerts.schema_version)
+    alerts = []
+    for message in messages:
+        value = message.value() or b""
+        assert schema_id(value) == schema.schema_id
+        record = schema.decode(value)
+        fastavro.validation.validate(record, schema.parsed, raise_errors=True)
+        key = message.key()
+        headers = {name: bytes(v or b"").decode() for name, v in message.headers() or []}
+        alerts.append({**record, "_key": key.decode() if isinstance(key, bytes) else key, "_headers": headers})
+    return alerts
 
 
 class Running[S: KafkaService]:

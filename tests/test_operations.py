@@ -31,7 +31,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prompt_processing.adapters import prefect_api
 from prompt_processing.cli import main
 from prompt_processing.model import naming
-from tests.helpers import wait_for
+from tests.helpers import consume_all, wait_for
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
 
 
@@ -111,7 +111,8 @@ def test_an_activator_without_work_ends_idle_and_is_tagged_so(pipeline: Pipeline
 @pytest.mark.timeout(300)
 def test_reruns_from_the_failures(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """`pp rerun --failed` reruns what failed; its outcome is recorded; a rerun of an image that never
-    landed fails at once; a rerun of what was published ends Ignored."""
+    landed fails at once; a rerun of what the APDB holds ends Ignored, unless forced: then it writes new
+    outputs and sends no alert again."""
     for group in ("rr-late", "rr-never"):
         pipeline.announce(group, duration_s=0.5)
     thread, counts = _activator_in_thread()
@@ -140,12 +141,21 @@ def test_reruns_from_the_failures(pipeline: Pipeline, monkeypatch: pytest.Monkey
                                                     {"instrument": "LATISS", "group": "rr-late", "detector": 0})
             ignored = _finished(client, ignored_id)
             assert (ignored.state.type, ignored.state.name) == (StateType.COMPLETED, "Ignored")
-            assert "already published" in ignored.state.message
+            assert "already in the APDB" in ignored.state.message
+            forced_id = prefect_api.run_deployment(pipeline.settings, naming.RERUN_DEPLOYMENT,
+                                                   {"instrument": "LATISS", "group": "rr-late", "detector": 0,
+                                                    "force": True})  # fmt: skip
+            forced = _finished(client, forced_id)
+            assert (forced.state.type, forced.state.name) == (StateType.COMPLETED, "Completed"), forced.state
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
-    latest = {r["group"]: r for r in pipeline.results()}  # the last record per group
-    assert (latest["rr-late"]["status"], latest["rr-late"]["rerun_of"]) == ("ignored", "")
+    latest = {r["group"]: r for r in pipeline.results()}  # the last record per group: the forced rerun
+    assert (latest["rr-late"]["status"], latest["rr-late"]["n_alerts"]) == ("succeeded", "0")
+    first = next(r for r in pipeline.results() if r["group"] == "rr-late" and r["status"] == "succeeded")
+    n_alerts = int(first["n_alerts"])
+    on_topic = consume_all(pipeline.settings, pipeline.settings.kafka.alerts_topic, n_alerts + 1, timeout_s=5)
+    assert len(on_topic) == n_alerts >= 3  # the forced rerun sent none again
     recorded = [r for r in pipeline.results() if r.get("rerun_of")]
     assert {(r["group"], r["status"], r["rerun_of"]) for r in recorded} == {
         ("rr-late", "succeeded", failed_run["rr-late"]), ("rr-never", "failed", failed_run["rr-never"])}  # fmt: skip

@@ -8,6 +8,7 @@ wait the summit's 20 s lead; one test goes through the whole chain from the simu
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -19,27 +20,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import astropy.time
 import pytest
 import redis
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
 from lsst.resources import ResourcePath
+from lsst.sphgeom import LonLat, UnitVector3d
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
 from flows.activator import activator
 from pp_devkit.night import NightPlan, run_night, seed_central_repo, upload_raw
 from pp_devkit.sim import plan_visits
+from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
+from prompt_processing.apdb.db import open_apdb
 from prompt_processing.butler import repo
 from prompt_processing.butler.output_event import OutputEvent
-from prompt_processing.model import naming
+from prompt_processing.model import naming, sky
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from prompt_processing.model.instruments import LATISS
 from prompt_processing.services.router import RouterService
 from prompt_processing.settings import ActivatorSettings, InstrumentSettings, QueueSettings, Settings, VisitSettings
-from tests.helpers import Running, RunningFanOut, consume_all, flow_run_env, visit_body, wait_for
+from tasks.visit import run_visit_detector
+from tests.helpers import Running, RunningFanOut, consume_all, decode_alerts, flow_run_env, visit_body, wait_for
 
 SHAPE_PX = (128, 128)
 
@@ -81,10 +90,9 @@ class Pipeline:
         return read_results(self.redis, "LATISS")
 
     def alerts(self, n: int, timeout_s: float = 15) -> list[dict[str, Any]]:
-        return [
-            json.loads(m.value())
-            for m in consume_all(self.settings, self.settings.kafka.alerts_topic, n, timeout_s=timeout_s)
-        ]
+        """Up to ``n`` alerts from the topic, decoded and validated against the schema."""
+        return decode_alerts(self.settings, consume_all(self.settings, self.settings.kafka.alerts_topic, n,
+                                                        timeout_s=timeout_s))  # fmt: skip
 
 
 @pytest.fixture
@@ -128,7 +136,7 @@ def test_one_visit_end_to_end_from_the_simulator(pipeline: Pipeline) -> None:
     assert (result["group"], result["status"]) == (sent["groupId"], "succeeded")
     alerts = pipeline.alerts(int(result["n_alerts"]))
     assert len(alerts) == int(result["n_alerts"]) >= 3  # 4 injected transients
-    assert {a["groupId"] for a in alerts} == {sent["groupId"]}
+    _check_alerts(pipeline, alerts, sent)
     (message,) = consume_all(pipeline.settings, pipeline.settings.kafka.butler_writer_topic, 1)
     central = repo.open_central(pipeline.settings.butler, pipeline.settings.s3)
     event = OutputEvent.from_json(message.value(), central.dimensions)
@@ -139,6 +147,33 @@ def test_one_visit_end_to_end_from_the_simulator(pipeline: Pipeline) -> None:
     assert all(root.join(path).exists() for path, _ in event.datasets)  # exported; the writer's to ingest
     assert {r.definition.name for r in event.records} >= {"day_obs", "group", "exposure", "visit",
                                                            "visit_detector_region"}  # fmt: skip
+
+
+def _check_alerts(pipeline: Pipeline, alerts: list[dict[str, Any]], sent: dict[str, Any]) -> None:
+    """Every alert: keyed by its diaSourceId, headed with its visit, its DiaObject and three FITS cutouts
+    of the configured size, at a position on the detector's sky; all of them in the APDB."""
+    assert {a["_headers"]["group"] for a in alerts} == {sent["groupId"]}
+    assert all(a["_key"] == str(a["diaSourceId"]) == str(a["diaSource"]["diaSourceId"]) for a in alerts)
+    assert len({a["diaSourceId"] for a in alerts}) == len(alerts)
+    size = pipeline.settings.alerts.cutout_size_px
+    for alert in alerts:
+        assert alert["diaObject"]["diaObjectId"] == alert["diaSource"]["diaObjectId"]
+        for name in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
+            with fits.open(io.BytesIO(alert[name])) as hdus:
+                assert hdus[0].data.shape == (size, size)
+                wcs = WCS(hdus[0].header)
+            centre = wcs.pixel_to_world(size // 2, size // 2)
+            source = SkyCoord(alert["diaSource"]["ra"], alert["diaSource"]["dec"], unit="deg")
+            scale = wcs.proj_plane_pixel_scales()[0]
+            assert centre.separation(source) < 0.75 * scale  # the source is in the stamp's centre pixel
+    region = sky.detector_region(LATISS, 0, *sent["position"], sent["cameraAngle"], 1.0)
+    assert all(region.contains(UnitVector3d(LonLat.fromDegrees(a["diaSource"]["ra"], a["diaSource"]["dec"])))
+               for a in alerts)  # fmt: skip
+    apdb = open_apdb(pipeline.settings.apdb)
+    (visit,) = {a["diaSource"]["visit"] for a in alerts}
+    assert apdb.containsVisitDetector(visit, 0)
+    stored = apdb.getDiaSources(region, None, astropy.time.Time.now())
+    assert stored is not None and sorted(stored["diaSourceId"]) == sorted(a["diaSourceId"] for a in alerts)
 
 
 def test_image_already_there_before_the_activator_starts(pipeline: Pipeline) -> None:
@@ -214,8 +249,41 @@ def test_killed_activator_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipel
     assert result["deliveries"] == "2"
     n = int(result["n_alerts"])
     alerts = pipeline.alerts(n + 1, timeout_s=5)  # ask for one more than expected: none may come
-    assert len(alerts) == n and len({a["alertId"] for a in alerts}) == n
+    assert len(alerts) == n and len({a["diaSourceId"] for a in alerts}) == n
 
 
 def _final(run: Any) -> bool:
     return run.state is not None and run.state.is_final()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent(pipeline: Pipeline) -> None:
+    """The APDB holds the visit-detector but its alerts are not marked sent (the worker died between the two):
+    the next run sends the very same alerts from the APDB's rows and stores nothing; the one after ignores it."""
+    body = pipeline.announce("resume")
+    pipeline.land(body)
+    thread, counts = _activator_in_thread()
+    thread.join(60)
+    assert counts["succeeded"] == 1
+    n = int(pipeline.results()[0]["n_alerts"])
+    first = pipeline.alerts(n)
+    assert len(first) == n >= 3
+    pipeline.redis.delete(naming.published_key("LATISS", "resume", 0))  # as if never confirmed
+    visit = NextVisit.from_json(json.dumps(body))
+    ctx = ProcessingContext(pipeline.settings, name="resume-test")
+    try:
+        resumed = run_visit_detector(ctx, visit, 0)
+        assert (resumed.status, resumed.n_alerts) == ("succeeded", n), resumed
+        again = run_visit_detector(ctx, visit, 0)
+        assert (again.status, again.reason) == ("ignored", "already in the APDB, alerts sent")
+    finally:
+        ctx.close()
+    both = pipeline.alerts(2 * n + 1, timeout_s=5)  # one more than expected: none may come
+    assert len(both) == 2 * n
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for alert in both:
+        by_key.setdefault(alert["_key"], []).append(alert)
+    assert len(by_key) == n and all(a["diaSource"] == b["diaSource"] for a, b in by_key.values())
+    region = sky.detector_region(LATISS, 0, *body["position"], body["cameraAngle"], 1.0)
+    stored = open_apdb(pipeline.settings.apdb).getDiaSources(region, None, astropy.time.Time.now())
+    assert stored is not None and len(stored) == n  # stored once

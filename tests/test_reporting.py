@@ -16,7 +16,7 @@ from prompt_processing.model import naming
 from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.services.reporter import ReporterService
 from prompt_processing.settings import ReporterSettings
-from tests.helpers import consume_all, serving, wait_for
+from tests.helpers import consume_all, decode_alerts, serving, wait_for
 from tests.test_metrics import scrape
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
 
@@ -58,8 +58,8 @@ def test_the_night_artifact_and_pp_report_count_what_is_there(
     # pp report: its figures against an independent read of the results and of the alerts topic.
     recorded = {r["group"]: r for r in read_results(pipeline.redis, "LATISS")}
     n_alerts = int(recorded["rp-fine"]["n_alerts"])
-    on_topic = [json.loads(m.value()) for m in consume_all(pipeline.settings, pipeline.settings.kafka.alerts_topic,
-                                                           n_alerts + 1, timeout_s=5)]  # fmt: skip
+    on_topic = decode_alerts(pipeline.settings, consume_all(pipeline.settings, pipeline.settings.kafka.alerts_topic,
+                                                            n_alerts + 1, timeout_s=5))  # fmt: skip
     assert len(on_topic) == n_alerts >= 3  # one more was asked for: none may come
     monkeypatch.setenv("PP_PREFECT__PORT", str(pipeline.settings.prefect.port))
     monkeypatch.setenv("PP_KAFKA__ALERTS_TOPIC", pipeline.settings.kafka.alerts_topic)

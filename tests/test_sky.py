@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lsst.sphgeom import LonLat, UnitVector3d
 
 from prompt_processing.model import sky
-from prompt_processing.model.instruments import HSC, LATISS, LSSTCAM
+from prompt_processing.model.instruments import HSC, LATISS, LSSTCAM, Instrument
 
 
 def _separation_deg(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -69,3 +69,23 @@ def test_trixels_overlapping_a_region_include_the_one_of_its_centre() -> None:
         overlapping = sky.htm_overlapping(region)
         assert sky.htm_index(*sky.detector_centre(instrument, detector, 150.0, 2.0, 30.0)) in overlapping
         assert 1 <= len(overlapping) <= 12  # a detector is smaller than a ~0.5 deg trixel
+
+
+@given(st.sampled_from([(LSSTCAM, 94), (LSSTCAM, 0), (LATISS, 0), (HSC, 60)]), st.floats(0, 360), st.floats(-80, 80),
+       st.floats(-180, 180))  # fmt: skip
+def test_the_nominal_wcs_puts_the_image_corners_on_the_region_corners(
+    which: tuple[Instrument, int], ra: float, dec: float, angle: float
+) -> None:
+    instrument, detector = which
+    placed = sky.placement(instrument, detector)
+    columns = 512  # HSC: 2048 x 4176 sensors, so 512 x 1044 exactly
+    rows = round(columns * placed.height_deg / placed.width_deg)
+    wcs = sky.detector_wcs(instrument, detector, ra, dec, angle, (rows, columns))
+    edges = [(-0.5, -0.5), (columns - 0.5, -0.5), (columns - 0.5, rows - 0.5), (-0.5, rows - 0.5)]  # pixel corners
+    scale_arcsec = placed.width_deg / columns * 3600
+    for (x, y), (corner_ra, corner_dec) in zip(edges, sky.detector_corners(instrument, detector, ra, dec, angle),
+                                               strict=True):  # fmt: skip
+        got_ra, got_dec = wcs.pixel_to_world_values(x, y)
+        a, b = UnitVector3d(LonLat.fromDegrees(float(got_ra), float(got_dec))), UnitVector3d(
+            LonLat.fromDegrees(corner_ra, corner_dec))
+        assert math.degrees(math.acos(min(1.0, a.dot(b)))) * 3600 < 0.01 * scale_arcsec

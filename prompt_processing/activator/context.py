@@ -20,8 +20,11 @@ from typing import Any
 import redis
 from confluent_kafka import Producer
 from lsst.daf.butler import Butler
+from lsst.dax.apdb import Apdb
 
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.alerts.packet import AlertSchema, load_schema
+from prompt_processing.apdb.db import open_apdb
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.settings import Settings
@@ -64,6 +67,8 @@ class ProcessingContext:
         self.producer: Producer = kafka.make_producer(settings.kafka)
         self.attempt = uuid.uuid4().hex[:8]  # names this run's output RUNs: a later attempt never reuses one
         self._central: Butler | None = None
+        self._apdb: Apdb | None = None
+        self.alert_schema: AlertSchema = load_schema(settings.alerts.schema_version)
         self._local: dict[str, LocalRepo] = {}
         self.lookups: dict[str, str | None] = {}  # ids looked up once per run (e.g. the rerun deployment's)
         self.stopping = threading.Event()
@@ -82,6 +87,13 @@ class ProcessingContext:
             root = (b.local_root or Path(tempfile.gettempdir()) / "pp-local-butler") / f"{self.name}-{self.attempt}"
             local = self._local[instrument] = LocalRepo(root, self._central, repo.central_uri(b), instrument, b)
         return local
+
+    @property
+    def apdb(self) -> Apdb:
+        """The APDB, opened on first use (``ApdbMissing`` if ``pp apdb init`` was never run on it)."""
+        if self._apdb is None:
+            self._apdb = open_apdb(self.settings.apdb)
+        return self._apdb
 
     def end_visit(self, instrument: str) -> None:
         """A visit-detector is done: its local repository drops what it does not cache."""

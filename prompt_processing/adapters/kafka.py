@@ -6,6 +6,7 @@ confluent-kafka is untyped; this module is the one place that knows its config k
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -65,9 +66,25 @@ def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], *, timeout_s: flo
     return created
 
 
+@dataclass(frozen=True)
+class Record:
+    """A message as read: its value, key and headers (the last value of each header name)."""
+
+    value: bytes
+    key: bytes | None
+    headers: dict[str, bytes]
+
+
 def read_all(
     kafka: KafkaSettings, topic: str, *, since_utc: float | None = None, timeout_s: float = 10.0, quiet_s: float = 1.0
 ) -> list[bytes]:
+    """The values of ``read_records``."""
+    return [r.value for r in read_records(kafka, topic, since_utc=since_utc, timeout_s=timeout_s, quiet_s=quiet_s)]
+
+
+def read_records(
+    kafka: KafkaSettings, topic: str, *, since_utc: float | None = None, timeout_s: float = 10.0, quiet_s: float = 1.0
+) -> list[Record]:
     """Every message now on ``topic`` (or written since ``since_utc``), to the end of each partition.
 
     The end is where the partitions' high watermarks say, and then on until no message came for
@@ -90,17 +107,22 @@ def read_all(
             starts = [s for s in consumer.offsets_for_times(wanted, timeout=timeout_s) if s.offset >= 0]
             behind = {s.partition: behind[s.partition] for s in starts}  # none written since: nothing to read
         consumer.assign(starts)
-        values: list[bytes] = []
+        records: list[Record] = []
         while True:
             message = consumer.poll(timeout_s if behind else quiet_s)
             if message is None:
                 if behind:
                     raise TimeoutError(f"{topic}: no message within {timeout_s} s before the end offsets")
-                return values
+                return records
             if message.error() is not None:
                 continue
-            values.append(message.value() or b"")
+            headers = {str(h[0]): _bytes(h[1]) for h in message.headers() or []}
+            records.append(Record(message.value() or b"", message.key(), headers))
             if (message.offset() or 0) + 1 >= behind.get(message.partition() or 0, 0):
                 behind.pop(message.partition() or 0, None)
     finally:
         consumer.close()
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    return value.encode() if isinstance(value, str) else value or b""

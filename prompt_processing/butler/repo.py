@@ -33,6 +33,10 @@ TEMPLATE, REFCAT = "template_coadd", "pp_sim_refcat"
 VISIT_IMAGE, SOURCES, DIA_SOURCES, METADATA = (
     "preliminary_visit_image", "single_visit_star", "dia_source", "prompt_metadata"
 )  # fmt: skip
+# What the pipelines (prompt_processing/pipelines) write in the local repository besides the outputs above.
+POST_ISR, VISIT_SUMMARY, TEMPLATE_DETECTOR = "post_isr_image", "prompt_visit_summary", "template_detector"
+DIFFERENCE, MATCHED, DIFFERENCE_SUMMARY = "difference_image", "template_matched", "difference_summary"
+DIA_DETECTED, DIA_OBJECTS, DIA_HISTORY, ALERTS = "dia_source_detector", "dia_object", "dia_source_history", "alert_packet"
 TEMPLATES_COLLECTION, REFCATS_COLLECTION = "templates", "refcats"
 
 OUTAGES: tuple[type[Exception], ...] = (
@@ -67,6 +71,11 @@ DATASET_TYPES: dict[str, DatasetTypeSpec] = {spec.name: spec for spec in (
     DatasetTypeSpec(SOURCES, _VISIT_DETECTOR, "ArrowTable"),
     DatasetTypeSpec(DIA_SOURCES, _VISIT_DETECTOR, "ArrowTable"),
     DatasetTypeSpec(METADATA, _VISIT_DETECTOR, "StructuredDataDict"),
+    DatasetTypeSpec(POST_ISR, ("instrument", "exposure", "detector"), "ImageV2"),
+    *(DatasetTypeSpec(name, _VISIT_DETECTOR, "ImageV2") for name in (TEMPLATE_DETECTOR, DIFFERENCE, MATCHED)),
+    *(DatasetTypeSpec(name, _VISIT_DETECTOR, "StructuredDataDict") for name in (VISIT_SUMMARY, DIFFERENCE_SUMMARY)),
+    *(DatasetTypeSpec(name, _VISIT_DETECTOR, "ArrowTable") for name in (DIA_DETECTED, DIA_OBJECTS, DIA_HISTORY,
+                                                                         ALERTS)),
 )}  # fmt: skip
 OUTPUT_TYPES = (VISIT_IMAGE, SOURCES, DIA_SOURCES, METADATA)
 """What a visit-detector exports to the central repository."""

@@ -58,12 +58,13 @@ def state(ctx: typer.Context) -> CliState:
 
 def build_app() -> typer.Typer:
     """The ``pp`` app with the runtime commands and every installed plugin's."""
-    from prompt_processing.cli import butler, orchestration, report, services
+    from prompt_processing.cli import apdb, butler, orchestration, report, services
 
     app = typer.Typer(name="pp", help="Prompt processing on Prefect.", no_args_is_help=True,
                       rich_markup_mode="rich", epilog=DEV_HINT, pretty_exceptions_enable=False)  # fmt: skip
     services.register(app)
     butler.register(app)
+    apdb.register(app)
     orchestration.register(app)
     report.register(app)
     for plugin in entry_points(group=PLUGIN_GROUP):

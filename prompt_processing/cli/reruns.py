@@ -33,6 +33,8 @@ def rerun(
     since: Annotated[str, typer.Option(help="With --failed: how far back to look, e.g. 2h, 30m, 1d.")] = "12h",
     only_instrument: Annotated[str | None, typer.Option("--instrument", help="With --failed: one camera.")] = None,
     only_group: Annotated[str | None, typer.Option("--group", help="With --failed: one visit.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Reprocess visit-detectors the APDB already holds: "
+                                        "new outputs; nothing stored, no alert sent again.")] = False,
 ) -> None:  # fmt: skip
     """Rerun one visit-detector (INSTRUMENT GROUP DETECTOR), or with --failed every failed one."""
     if failed == (instrument is not None):
@@ -58,10 +60,10 @@ def rerun(
             targets = latest or [Outcome(instrument, group, detector, "unknown", time.time())]
     finally:
         client.close()
-    _create(ctx, targets)
+    _create(ctx, targets, force=force)
 
 
-def _create(ctx: typer.Context, targets: list[Outcome]) -> None:
+def _create(ctx: typer.Context, targets: list[Outcome], *, force: bool) -> None:
     from rich.progress import Progress
 
     from prompt_processing.adapters import prefect_api
@@ -76,10 +78,10 @@ def _create(ctx: typer.Context, targets: list[Outcome]) -> None:
         for target in targets:
             rerun_of = target.run_id
             parameters = {"instrument": target.instrument, "group": target.group, "detector": target.detector,
-                          "rerun_of": rerun_of}  # fmt: skip
+                          "rerun_of": rerun_of, "force": force}  # fmt: skip
             run_tags = ["rerun", *naming.visit_tags(target.instrument, target.group, target.detector)]
             run_tags += [naming.rerun_of_tag(rerun_of)] if rerun_of else []
-            key = f"pp-rerun/{rerun_of}" if rerun_of else None
+            key = f"pp-rerun/{rerun_of}{'/force' if force else ''}" if rerun_of else None
             run_id = prefect_api.run_deployment(settings, naming.RERUN_DEPLOYMENT, parameters, tags=run_tags,
                                                 idempotency_key=key)  # fmt: skip
             why = f" ({target.reason})" if target.reason else ""

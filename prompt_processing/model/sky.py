@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.wcs import WCS
 from lsst.sphgeom import ConvexPolygon, HtmPixelization, LonLat, Region, UnitVector3d
 
 from prompt_processing.model.instruments import Instrument
@@ -98,6 +99,31 @@ def detector_centre(
     vector = sum((_unit(ra, dec) for ra, dec in corners), np.zeros(3))
     lonlat = LonLat(UnitVector3d(*vector))
     return lonlat.getLon().asDegrees() % 360.0, lonlat.getLat().asDegrees()
+
+
+def detector_wcs(
+    instrument: Instrument, detector: int, ra_deg: float, dec_deg: float, camera_angle_deg: float,
+    shape_px: tuple[int, int],
+) -> WCS:  # fmt: skip
+    """The nominal TAN WCS of ``detector``'s image of ``shape_px`` (rows, columns) for this pointing.
+
+    The tangent point is the boresight; pixels are square, the detector's width over its columns;
+    pixel x (columns) runs along the focal plane's x, rotated by ``camera_angle_deg`` east of north
+    like ``detector_corners``, whose corners it reproduces to within half a pixel.
+    """
+    where = placement(instrument, detector)
+    rows, columns = shape_px
+    scale_deg = where.width_deg / columns
+    theta = math.radians(camera_angle_deg)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.crval = [ra_deg % 360.0, dec_deg]
+    # FITS pixels are 1-based: the image's centre is ((columns + 1) / 2, (rows + 1) / 2).
+    wcs.wcs.crpix = [(columns + 1) / 2 - where.x_deg / scale_deg, (rows + 1) / 2 - where.y_deg / scale_deg]
+    wcs.wcs.cd = scale_deg * np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    wcs.pixel_shape = (columns, rows)
+    return wcs
 
 
 def field_radius_deg(instrument: Instrument) -> float:
