@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_workers --output BENCHMARKS.md
 	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_butler --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_pipeline --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pp .mypy_cache .ruff_cache

@@ -351,6 +351,36 @@ class AlertSettings(BaseModel):
     )  # fmt: skip
 
 
+class PipelineRule(BaseModel):
+    """Visits whose survey (and, if given, position) match get these pipelines, tried in order."""
+
+    survey: str = Field(description="fnmatch pattern of the NextVisit's survey; '' matches an empty survey only.")
+    pipelines: list[str] = Field(
+        description="Names of the instrument's pipelines (prompt_processing/pipelines/data/<instrument>/<name>.yaml), "
+        "tried in order while one cannot be built; [] ignores the visit."
+    )
+    ra_deg: tuple[float, float] | None = Field(None, description="Only visits pointed within [min, max] RA.")
+    dec_deg: tuple[float, float] | None = Field(None, description="Only visits pointed within [min, max] Dec.")
+
+
+def _default_pipeline_rules() -> list[PipelineRule]:
+    fallbacks = ["ApPipe", "SingleFrame", "Isr"]
+    return [PipelineRule(survey="BLOCK-*", pipelines=fallbacks), PipelineRule(survey="LSST-*", pipelines=fallbacks),
+            PipelineRule(survey="", pipelines=[])]  # fmt: skip
+
+
+class PipelinesSettings(BaseModel):
+    """Which pipelines a visit gets: the first rule it matches, Rubin-style (survey -> pipelines to try)."""
+
+    rules: list[PipelineRule] = Field(
+        default_factory=_default_pipeline_rules,
+        description='Ordered rules, e.g. [{"survey": "BLOCK-*", "pipelines": ["ApPipe", "SingleFrame", "Isr"]}].',
+    )
+    unmatched: Literal["ignore", "fail"] = Field(
+        "ignore", description="A visit no rule matches: ignored (acknowledged, reported with the reason) or failed."
+    )
+
+
 class AutoscalerSettings(BaseModel):
     """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs (prompt_processing/autoscaler/)."""
 
@@ -476,6 +506,7 @@ class Settings(BaseSettings):
     butler: ButlerSettings = ButlerSettings()
     apdb: ApdbSettings = ApdbSettings()
     alerts: AlertSettings = AlertSettings()
+    pipelines: PipelinesSettings = PipelinesSettings()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     reporter: ReporterSettings = ReporterSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -536,7 +567,7 @@ class Settings(BaseSettings):
         return self
 
 
-FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler", "apdb", "alerts")
+FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler", "apdb", "alerts", "pipelines")
 """The sections a flow run (activator, rerun) reads from its own environment: in production the
 work pool's job template gives them (ConfigMap and Secrets); locally the Prefect worker's environment."""
 
@@ -570,4 +601,4 @@ def export_env(settings: Settings, *paths: str) -> dict[str, str]:
 def _env_value(value: object) -> str:
     if isinstance(value, str | Path):
         return str(value)
-    return json.dumps(value)
+    return json.dumps(value, default=lambda model: model.model_dump(mode="json"))  # lists of models too

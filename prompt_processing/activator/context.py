@@ -42,9 +42,11 @@ class StepClock:
         self.label = label  # the visit-detector's name, e.g. LSSTCam-<group>-det094: steps are named after it
         self.step = ""  # the step running (or the last one that ran)
         self.seconds: dict[str, float] = {}
+        self.entries: dict[str, int] = {}  # how many times each step's body was entered (its tries)
 
     @contextmanager
     def timing(self, step: str) -> Iterator[None]:
+        self.entries[step] = self.entries.get(step, 0) + 1
         start = time.perf_counter()
         try:
             yield

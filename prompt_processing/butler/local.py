@@ -78,7 +78,8 @@ class LocalRepo:
         for spec in repo.DATASET_TYPES.values():
             self.butler.registry.registerDatasetType(spec.dataset_type(self.butler.dimensions))
         self.butler.registry.registerCollection(repo.calib_collection(instrument), CollectionType.CALIBRATION)
-        self.butler.registry.registerRun(repo.raw_run(instrument))
+        for run in (repo.raw_run(instrument), repo.TEMPLATES_COLLECTION, repo.REFCATS_COLLECTION):
+            self.butler.registry.registerRun(run)  # a pipeline's inputs, present even before anything is in them
         self._cached: dict[str, OrderedDict[Any, DatasetRef]] = {"calib": OrderedDict(), "sky": OrderedDict()}
         self._limits = {"calib": settings.calib_cache_entries, "sky": settings.template_cache_entries}
         # What this repository holds that a retry may ask for again: calibrations with their validity (found
@@ -210,6 +211,21 @@ class LocalRepo:
                 self.butler.registry.insertDimensionData(record.definition, record, skip_existing=True)
         data_id = {"instrument": self.instrument, "detector": detector, "exposure": raw.exposure_id}
         return self._put(Image(image), repo.RAW, data_id, repo.raw_run(self.instrument)), records
+
+    @property
+    def input_collections(self) -> list[str]:
+        """Where a pipeline finds its inputs here: the raws, the calibrations, the templates, the refcat shards."""
+        return [repo.raw_run(self.instrument), repo.calib_collection(self.instrument), repo.TEMPLATES_COLLECTION,
+                repo.REFCATS_COLLECTION]  # fmt: skip
+
+    def adopt(self, refs: Iterable[DatasetRef]) -> None:
+        """Datasets written here by others (the pipeline executor): pruned with the visit-detector's own."""
+        for ref in refs:
+            self._written[(ref.run, ref.datasetType.name, tuple(sorted(ref.dataId.required.items())))] = ref
+
+    def adopt_run(self, run: str) -> None:
+        """Everything in ``run`` (a failed pipeline's partial outputs), as ``adopt``."""
+        self.adopt(self.butler.registry.queryDatasets(..., collections=run))
 
     def read(self, ref: DatasetRef) -> Any:
         """A dataset of this repository (an ``lsst.images.Image``, a table...)."""

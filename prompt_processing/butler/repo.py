@@ -36,7 +36,8 @@ VISIT_IMAGE, SOURCES, DIA_SOURCES, METADATA = (
 # What the pipelines (prompt_processing/pipelines) write in the local repository besides the outputs above.
 POST_ISR, VISIT_SUMMARY, TEMPLATE_DETECTOR = "post_isr_image", "prompt_visit_summary", "template_detector"
 DIFFERENCE, MATCHED, DIFFERENCE_SUMMARY = "difference_image", "template_matched", "difference_summary"
-DIA_DETECTED, DIA_OBJECTS, DIA_HISTORY, ALERTS = "dia_source_detector", "dia_object", "dia_source_history", "alert_packet"
+DIA_DETECTED, DIA_OBJECTS, DIA_HISTORY = "dia_source_detector", "dia_object", "dia_source_history"
+ALERTS = "alert_packet"
 TEMPLATES_COLLECTION, REFCATS_COLLECTION = "templates", "refcats"
 
 OUTAGES: tuple[type[Exception], ...] = (

@@ -1,7 +1,9 @@
 """The processing steps of one visit-detector, as plain functions on numpy arrays.
 
-isr -> background -> detect_sources -> difference -> detect_transients, run in order by
-``process_detector``. Images are float32 in electrons after ISR (ADU x gain). No I/O.
+isr -> background -> detect_sources -> difference -> detect_transients. The pipelines' tasks
+(``prompt_processing/pipelines``) run them one per quantum; ``process_detector`` runs the same chain
+in memory (what the algorithms' own tests check). Images are float32 in electrons after ISR (ADU x
+gain). No I/O.
 """
 
 from __future__ import annotations

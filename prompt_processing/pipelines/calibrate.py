@@ -1,0 +1,111 @@
+"""CalibrateImageTask: one visit-detector's snaps combined, background subtracted, stars detected, the
+WCS and the photometric zero point set.
+
+The WCS is the detector's nominal TAN WCS for the exposure's pointing and rotation (focal-plane
+placement, ``model.sky.detector_wcs``); the zero point is the configured nominal one. The summary
+(``prompt_visit_summary``) carries both, with the background rms, for the tasks downstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lsst.pex.config as pex_config
+import lsst.pipe.base.connectionTypes as ct
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from lsst.images import Box, DetectorFrame, Image, SkyProjection
+from lsst.pipe.base import (
+    InputQuantizedConnection,
+    OutputQuantizedConnection,
+    PipelineTask,
+    PipelineTaskConfig,
+    PipelineTaskConnections,
+    QuantumContext,
+    Struct,
+)
+
+from prompt_processing.imaging.algorithms import DEFAULT_KERNEL_FWHM_PX, background, detect_sources
+from prompt_processing.imaging.catalogue import catalogue_to_arrow
+from prompt_processing.model import sky
+from prompt_processing.model.instruments import get_instrument
+from prompt_processing.pipelines.connections import VISIT_DETECTOR
+
+
+class CalibrateImageConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
+    post_isr_images = ct.Input(name="post_isr_image", storageClass="ImageV2", multiple=True,
+                               dimensions=("instrument", "exposure", "detector"),
+                               doc="The visit's snaps after ISR (e-).")  # fmt: skip
+    image = ct.Output(name="preliminary_visit_image", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
+                      doc="Background-subtracted visit image (e-) with its sky projection.")  # fmt: skip
+    stars = ct.Output(name="single_visit_star", storageClass="ArrowTable", dimensions=VISIT_DETECTOR,
+                      doc="Sources detected on the visit image.")  # fmt: skip
+    summary = ct.Output(name="prompt_visit_summary", storageClass="StructuredDataDict", dimensions=VISIT_DETECTOR,
+                        doc="Background rms (e-), zero point (mag at 1 e-/s), WCS cards, exposure (s).")  # fmt: skip
+
+
+class CalibrateImageConfig(PipelineTaskConfig, pipelineConnections=CalibrateImageConnections):
+    threshold_sigma = pex_config.Field[float](doc="Detection threshold (point-source S/N).", default=5.0)
+    kernel_fwhm_px = pex_config.Field[float](doc="Detection filter FWHM (px).", default=DEFAULT_KERNEL_FWHM_PX)
+    nominal_zero_point_mag = pex_config.Field[float](
+        doc="AB magnitude of a source giving 1 e-/s, until the photometric fit sets it.", default=28.0)
+
+
+class CalibrateImageTask(PipelineTask):
+    """Snaps averaged (pixel by pixel), background subtracted, stars detected, WCS and zero point attached."""
+
+    ConfigClass = CalibrateImageConfig
+    _DefaultName = "calibrate"
+    config: CalibrateImageConfig
+
+    def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,
+                   outputRefs: OutputQuantizedConnection) -> None:  # fmt: skip
+        exposure = inputRefs.post_isr_images[0].dataId.records["exposure"]
+        detector = int(outputRefs.image.dataId["detector"])
+        images = [butlerQC.get(ref) for ref in inputRefs.post_isr_images]
+        pointing = (float(exposure.tracking_ra), float(exposure.tracking_dec), float(exposure.sky_angle))
+        outputs = self.run(images, instrument=str(exposure.instrument), detector=detector, pointing=pointing,
+                           exposure_time_s=float(exposure.exposure_time))  # fmt: skip
+        butlerQC.put(outputs, outputRefs)
+
+    def run(self, post_isr_images: list[Image], *, instrument: str, detector: int,
+            pointing: tuple[float, float, float], exposure_time_s: float, **_: Any) -> Struct:  # fmt: skip
+        arrays = [image.array for image in post_isr_images]
+        combined = arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
+        calexp, rms_e = background(combined)
+        stars = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma,
+                               kernel_fwhm_px=self.config.kernel_fwhm_px)  # fmt: skip
+        camera = get_instrument(instrument)
+        if camera is None:
+            raise ValueError(f"unknown instrument {instrument!r}")
+        wcs = sky.detector_wcs(camera, detector, *pointing, calexp.shape)
+        summary = {"background_rms_e": rms_e, "zero_point_mag": self.config.nominal_zero_point_mag,
+                   "exposure_time_s": exposure_time_s, "n_stars": len(stars), "n_snaps": len(arrays),
+                   "wcs": wcs_cards(wcs)}  # fmt: skip
+        return Struct(image=with_projection(calexp, wcs, instrument, detector), stars=catalogue_to_arrow(stars),
+                      summary=summary)  # fmt: skip
+
+
+def wcs_cards(wcs: WCS) -> dict[str, Any]:
+    """A WCS and its image size as FITS cards (a JSON-friendly dict); ``wcs_from_cards`` reads it back."""
+    cards = {key: value for key, value in wcs.to_header(relax=True).items() if key}
+    if wcs.pixel_shape is not None:
+        cards["NAXIS1"], cards["NAXIS2"] = (int(n) for n in wcs.pixel_shape)
+    return cards
+
+
+def wcs_from_cards(cards: dict[str, Any]) -> WCS:
+    """The WCS of ``wcs_cards``, with its ``pixel_shape`` (columns, rows)."""
+    size = (cards.get("NAXIS1"), cards.get("NAXIS2"))
+    wcs = WCS(fits.Header({k: v for k, v in cards.items() if k not in ("NAXIS1", "NAXIS2")}))
+    if None not in size:
+        wcs.pixel_shape = size
+    return wcs
+
+
+def with_projection(array: np.ndarray, wcs: WCS, instrument: str, detector: int) -> Image:
+    """``array`` as an lsst-images Image carrying ``wcs`` as its sky projection."""
+    rows, columns = array.shape
+    frame = DetectorFrame(instrument=instrument, detector=detector, bbox=Box.factory[0:rows, 0:columns])
+    return Image(array, sky_projection=SkyProjection.from_fits_wcs(wcs, frame))

@@ -1,0 +1,41 @@
+"""IsrTask: instrument signature removal of one exposure of one detector (bias, gain, flat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lsst.pex.config as pex_config
+import lsst.pipe.base.connectionTypes as ct
+from lsst.images import Image
+from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
+
+from prompt_processing.imaging.algorithms import isr
+
+
+class IsrConnections(PipelineTaskConnections, dimensions=("instrument", "exposure", "detector")):
+    raw = ct.Input(name="raw", storageClass="ImageV2", dimensions=("instrument", "exposure", "detector"),
+                   doc="The detector's raw image (ADU).")  # fmt: skip
+    bias = ct.PrerequisiteInput(name="bias", storageClass="ImageV2", dimensions=("instrument", "detector"),
+                                isCalibration=True, doc="Bias valid at the exposure's time (ADU).")  # fmt: skip
+    flat = ct.PrerequisiteInput(name="flat", storageClass="ImageV2",
+                                dimensions=("instrument", "detector", "physical_filter"), isCalibration=True,
+                                doc="Flat of the exposure's filter valid at its time (relative response).")  # fmt: skip
+    post_isr_image = ct.Output(name="post_isr_image", storageClass="ImageV2",
+                               dimensions=("instrument", "exposure", "detector"),
+                               doc="Bias-subtracted, flat-fielded (e-); NaN where the flat is dead.")  # fmt: skip
+
+
+class IsrConfig(PipelineTaskConfig, pipelineConnections=IsrConnections):
+    gain_e_per_adu = pex_config.Field[float](doc="Detector gain (e-/ADU).", default=1.0)
+
+
+class IsrTask(PipelineTask):
+    """(raw - bias) * gain / flat; a raw whose shape differs from the calibrations' is a ValueError."""
+
+    ConfigClass = IsrConfig
+    _DefaultName = "isr"
+    config: IsrConfig
+
+    def run(self, raw: Image, bias: Image, flat: Image, **_: Any) -> Struct:
+        array = isr(raw.array, bias.array, flat.array, gain_e_per_adu=self.config.gain_e_per_adu)
+        return Struct(post_isr_image=Image(array))

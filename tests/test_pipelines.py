@@ -1,0 +1,130 @@
+"""The pipelines on lsst-pipe-base's executor, on a real local repository fed by a real central one:
+Alert Production end to end, fallbacks while a graph cannot be built, a failed quantum named, selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lsst.daf.butler import Butler
+
+from prompt_processing.alerts.packet import load_schema
+from prompt_processing.apdb.db import init_apdb
+from prompt_processing.butler import repo
+from prompt_processing.butler.local import LocalRepo
+from prompt_processing.model.instruments import LATISS
+from prompt_processing.pipelines.runner import NoPipeline, PipelineFailed, PipelineRun, run_pipelines
+from prompt_processing.pipelines.selection import Unselected, select_pipelines
+from prompt_processing.settings import PipelineRule, PipelinesSettings, Settings, StackSettings
+from tests.butler_helpers import Visit, local_repo, seed
+
+FALLBACKS = ["ApPipe", "SingleFrame", "Isr"]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(stack=StackSettings(state_dir=tmp_path / "state"))
+    init_apdb(settings.apdb)
+    return settings
+
+
+@pytest.fixture
+def central(settings: Settings) -> Butler:
+    return repo.init_central(settings.butler, settings.s3)
+
+
+def _prepared(tmp_path: Path, settings: Settings, central: Butler, *, holes: tuple[int, ...] = (),
+              other_filter: bool = False) -> tuple[Visit, LocalRepo]:
+    """A seeded LATISS visit (``holes``: without its template; ``other_filter``: in a filter with no flat) and a
+    local repository it was preloaded into."""
+    visit = Visit.make(LATISS)
+    seed(central, visit, (0,), holes=holes)
+    if other_filter:
+        other = next(f for f in LATISS.filters if f != visit.next_visit.filters)
+        visit.next_visit = visit.next_visit.model_copy(update={"filters": other})
+    local = local_repo(tmp_path, settings.butler, central, "LATISS")
+    local.preload(visit.next_visit, 0)
+    return visit, local
+
+
+def _run(settings: Settings, local: LocalRepo, visit: Visit, raw: np.ndarray | None = None) -> PipelineRun:
+    image, header = visit.raw(0)
+    raw_ref, _records = local.ingest_raw(visit.next_visit, 0, 0, image if raw is None else raw, header)
+    v = visit.next_visit
+    return run_pipelines(local.butler, "LATISS", FALLBACKS, inputs=local.input_collections,
+                         where=f"instrument='LATISS' AND visit={int(raw_ref.dataId['exposure'])} AND detector=0",
+                         run=repo.output_run("LATISS", v.day_obs(), v.groupId, "t1"),
+                         config={"associate": {"apdb_url": settings.apdb.db_url or ""}})  # fmt: skip
+
+
+def test_alert_production_runs_every_task_and_packages_alerts(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    visit, local = _prepared(tmp_path, settings, central)
+    done = _run(settings, local, visit)
+    assert (done.pipeline, done.tried) == ("ApPipe", [])
+    assert set(done.task_s) == {"isr", "calibrate", "template", "subtract", "detect", "associate", "package"}
+    assert done.graph_s > 0 and done.execute_s >= sum(done.task_s.values()) and done.middleware_s > 0
+    alerts = local.read(done.outputs[repo.ALERTS])
+    sources = local.read(done.outputs[repo.DIA_SOURCES])
+    assert alerts.num_rows == sources.num_rows >= 2  # 3 injected transients
+    schema = load_schema()
+    decoded = [schema.decode(payload) for payload in alerts["payload"].to_pylist()]
+    assert [str(a["diaSourceId"]) for a in decoded] == alerts["key"].to_pylist()
+    assert sorted(a["diaSourceId"] for a in decoded) == sorted(sources["diaSourceId"].to_pylist())
+    visit_image = local.read(done.outputs[repo.VISIT_IMAGE])
+    assert visit_image.sky_projection is not None  # the WCS travels with the image
+
+
+def test_no_template_falls_through_to_single_frame_and_says_why(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    visit, local = _prepared(tmp_path, settings, central, holes=(0,))
+    done = _run(settings, local, visit)
+    assert done.pipeline == "SingleFrame"
+    ((name, why),) = done.tried
+    assert name == "ApPipe" and "no quantum for " in why and "template" in why
+    assert repo.ALERTS not in done.outputs and repo.VISIT_IMAGE in done.outputs
+
+
+def test_no_flat_means_no_pipeline_can_be_built_and_each_says_why(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    visit, local = _prepared(tmp_path, settings, central, other_filter=True)
+    with pytest.raises(NoPipeline) as caught:
+        _run(settings, local, visit)
+    assert [name for name, _ in caught.value.tried] == FALLBACKS
+    assert all("cannot build" in why and "flat" in why for _, why in caught.value.tried), caught.value.tried
+
+
+def test_a_failed_quantum_is_final_and_names_task_data_id_and_error(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    visit, local = _prepared(tmp_path, settings, central)
+    with pytest.raises(PipelineFailed) as caught:
+        _run(settings, local, visit, raw=np.zeros((64, 64), dtype=np.float32))  # not the calibrations' shape
+    failed = caught.value
+    assert (failed.pipeline, failed.task) == ("ApPipe", "isr") and "detector: 0" in failed.data_id
+    assert isinstance(failed.error, ValueError) and "differ in shape" in str(failed.error)
+    assert str(failed).startswith("ApPipe: task isr failed on {instrument: 'LATISS'")
+
+
+def test_selection_follows_the_first_matching_rule() -> None:
+    rules = PipelinesSettings(rules=[
+        PipelineRule(survey="BLOCK-*", pipelines=FALLBACKS, dec_deg=(-90.0, 0.0)),
+        PipelineRule(survey="BLOCK-*", pipelines=["SingleFrame"]),
+        PipelineRule(survey="", pipelines=[]),
+    ])  # fmt: skip
+    assert select_pipelines(rules, "BLOCK-365", 10.0, -30.0) == FALLBACKS
+    assert select_pipelines(rules, "BLOCK-365", 10.0, 30.0) == ["SingleFrame"]  # the north: second rule
+    with pytest.raises(Unselected, match="gives no pipeline") as empty:
+        select_pipelines(rules, "", 10.0, -30.0)
+    assert empty.value.ignore
+    with pytest.raises(Unselected, match="matches no pipeline rule") as unmatched:
+        select_pipelines(rules, "LSST-WFD", 10.0, -30.0)
+    assert unmatched.value.ignore
+    failing = rules.model_copy(update={"unmatched": "fail"})
+    with pytest.raises(Unselected) as refused:
+        select_pipelines(failing, "LSST-WFD", 10.0, -30.0)
+    assert not refused.value.ignore
