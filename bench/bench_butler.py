@@ -40,8 +40,9 @@ from rich.progress import Progress
 from bench.bench_fanout import _replace_section
 from pp_devkit.night import raw_header
 from pp_devkit.postgres import fresh_database
-from pp_devkit.seed import seed_central, star_tile_at
+from pp_devkit.seed import seed_central
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
+from pp_devkit.skyfield import raw_scene
 from pp_devkit.synth import raw_image
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo, set_image_compression
@@ -78,9 +79,9 @@ def _header(visit: NextVisit, detector: int, seq: int) -> dict[str, Any]:
 
 
 def _raw(visit: NextVisit, detector: int, size_px: int) -> np.ndarray:
-    tile = star_tile_at(LSSTCAM, detector, visit.position[0], visit.position[1], visit.cameraAngle)
-    image, _ = raw_image(instrument="LSSTCam", detector=detector, tile=tile, group_id=visit.groupId,
-                         shape_px=(size_px, size_px), n_transients=3)  # fmt: skip
+    scene = raw_scene(LSSTCAM, detector, visit.model_dump(mode="json"), (size_px, size_px))
+    image, _ = raw_image(instrument="LSSTCam", detector=detector, stars=scene.stars, group_id=visit.groupId,
+                         shape_px=(size_px, size_px), n_transients=3, seeing_fwhm_px=scene.seeing_fwhm_px)  # fmt: skip
     return image
 
 

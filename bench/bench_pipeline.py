@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy.coordinates import SkyCoord
 from rich.progress import Progress
 
 from bench.bench_fanout import _replace_section
 from pp_devkit.night import raw_header
-from pp_devkit.seed import seed_central, star_tile_at
+from pp_devkit.seed import seed_central
 from pp_devkit.sim import next_visit_message, plan_visits
-from pp_devkit.synth import raw_image
+from pp_devkit.skyfield import NOMINAL_ZERO_POINT_MAG, Scene, raw_scene
+from pp_devkit.synth import TRANSPARENCY_RANGE, raw_image, seed_for
 from prompt_processing.alerts.packet import load_schema
 from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
@@ -36,6 +38,7 @@ from prompt_processing.butler.local import LocalRepo
 from prompt_processing.imaging.catalogue import Catalogue, match_to_truth
 from prompt_processing.model.events import NextVisit
 from prompt_processing.model.instruments import LSSTCAM
+from prompt_processing.pipelines.calibrate import wcs_from_cards
 from prompt_processing.pipelines.runner import run_pipelines
 from prompt_processing.settings import ApdbSettings, ButlerSettings, S3Settings
 
@@ -63,11 +66,13 @@ def bench_size(work: Path, shape_px: tuple[int, int], n_visits: int, progress: P
         body |= {"groupId": f"bench-{shape_px[0]}-{i}", "nimages": 1}
         visit = NextVisit.from_json(json.dumps(body))
         local.preload(visit, DETECTOR)
-        tile = star_tile_at(LSSTCAM, DETECTOR, visit.position[0], visit.position[1], visit.cameraAngle)
-        image, truth = raw_image(instrument="LSSTCam", detector=DETECTOR, tile=tile, group_id=visit.groupId,
-                                 shape_px=shape_px, n_transients=N_TRANSIENTS)  # fmt: skip
+        scene = raw_scene(LSSTCAM, DETECTOR, body, shape_px)
+        image, truth = raw_image(instrument="LSSTCam", detector=DETECTOR, stars=scene.stars, group_id=visit.groupId,
+                                 shape_px=shape_px, n_transients=N_TRANSIENTS,
+                                 seeing_fwhm_px=scene.seeing_fwhm_px)  # fmt: skip
+        header = raw_header(LSSTCAM, body, DETECTOR, seq, shape_px=shape_px)
         start = time.perf_counter()
-        raw_ref, _records = local.ingest_raw(visit, DETECTOR, 0, image, raw_header(LSSTCAM, body, DETECTOR, seq))
+        raw_ref, _records = local.ingest_raw(visit, DETECTOR, 0, image, header)
         ingest_s = time.perf_counter() - start
         run = repo.output_run("LSSTCam", visit.day_obs(), visit.groupId, "bench")
         start = time.perf_counter()
@@ -79,6 +84,7 @@ def bench_size(work: Path, shape_px: tuple[int, int], n_visits: int, progress: P
         packets = local.read(done.outputs[repo.ALERTS])["payload"].to_pylist()
         sources = [schema.decode(p)["diaSource"] for p in packets]
         found, _missed, spurious = match_to_truth(_positions(sources), truth)
+        science = _calibration_errors(local.read(done.outputs[repo.VISIT_SUMMARY]), scene, shape_px, visit.groupId)
         local.adopt(done.outputs.values())
         local.end_visit()
         progress.advance(task)
@@ -86,10 +92,27 @@ def bench_size(work: Path, shape_px: tuple[int, int], n_visits: int, progress: P
             continue  # warm-up: imports, first registry queries, dataset type registration
         rows.append({"ingest": ingest_s, "graph": done.graph_s, "execute": done.execute_s, "total": total_s,
                      "middleware": done.middleware_s, **{t: done.task_s.get(t, 0.0) for t in TASKS},
-                     "injected": len(truth), "recovered": found, "spurious": spurious})  # fmt: skip
+                     "injected": len(truth), "recovered": found, "spurious": spurious, **science})  # fmt: skip
     local.close()
     central.close()
     return {"shape": shape_px, "rows": rows}
+
+
+def _calibration_errors(summary: dict[str, Any], scene: Scene, shape_px: tuple[int, int],
+                        group: str) -> dict[str, float]:  # fmt: skip
+    """The fitted WCS against the true one (the rms of their positions over a grid of the image, arcsec), the
+    fit's own rms against the reference stars, and the zero point against the truth (nominal 28 mag plus
+    the visit's transparency, as ``synth.raw_image`` draws it)."""
+    fitted = wcs_from_cards(summary["wcs"])
+    rows, columns = shape_px
+    gx, gy = np.meshgrid(np.linspace(0, columns - 1, 9), np.linspace(0, rows - 1, 9))
+    true = SkyCoord(*scene.true_wcs.pixel_to_world_values(gx.ravel(), gy.ravel()), unit="deg")
+    found = SkyCoord(*fitted.pixel_to_world_values(gx.ravel(), gy.ravel()), unit="deg")
+    transparency = np.random.default_rng(seed_for("visit", 0, group)).uniform(*TRANSPARENCY_RANGE)
+    true_zp = NOMINAL_ZERO_POINT_MAG + 2.5 * np.log10(transparency)
+    return {"wcs_error_arcsec": float(np.sqrt(np.mean(true.separation(found).arcsec ** 2))),
+            "star_rms_arcsec": float(summary["astrometry_rms_arcsec"]),
+            "zp_error_mag": float(summary["zero_point_mag"] - true_zp)}  # fmt: skip
 
 
 def _positions(sources: list[dict[str, Any]]) -> Catalogue:
@@ -130,20 +153,28 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {size} | {len(rows)} | {p50('ingest') * 1e3:.0f} ms | {p50('graph') * 1e3:.0f} ms | "
                      + " | ".join(cells) + f" | {p50('middleware') * 1e3:.0f} ms ({share:.0%}) | {whole} |")
     lines += ["", "| size | transients injected | recovered within 2 px | recall | alerts matching none | "
-              "per visit-detector |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "per visit-detector | WCS error rms (fit vs truth) | matched stars rms | zero point error |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for result in results:
         rows = result["rows"]
         injected, recovered = sum(r["injected"] for r in rows), sum(r["recovered"] for r in rows)
         spurious = sum(r["spurious"] for r in rows)
         size = f"{result['shape'][0]} x {result['shape'][1]}"
+        wcs_error = float(np.sqrt(np.mean([r["wcs_error_arcsec"] ** 2 for r in rows])))
+        star_rms = float(np.median([r["star_rms_arcsec"] for r in rows]))
+        zp_error = float(np.sqrt(np.mean([r["zp_error_mag"] ** 2 for r in rows])))
         lines.append(f"| {size} | {injected} | {recovered} | {recovered / max(injected, 1):.1%} | {spurious} | "
-                     f"{spurious / max(len(rows), 1):.2f} |")  # fmt: skip
+                     f"{spurious / max(len(rows), 1):.2f} | {wcs_error:.3f}\" | {star_rms:.3f}\" (median) | "
+                     f"{zp_error:.3f} mag rms |")  # fmt: skip
     lines += [
         "",
         "Targets (issue 11): recall >= 95% at S/N >= 10, <= 1 false DIA source per detector per visit, image "
-        "landed -> alert sent p95 <= 10 s on one core. Not measured yet: astrometric residual and zero-point "
-        "error (the simulator's raws carry no pointing error and the calibration task uses the nominal WCS and "
-        "zero point, so both are zero by construction, not by fit).",
+        "landed -> alert sent p95 <= 10 s on one core, astrometric residual <= 0.05 arcsec rms, zero point "
+        "error <= 0.02 mag. The raws are rendered through the true WCS (the header's pointing moved by a 1 "
+        "arcsec rms pointing error, turned by 10 arcsec rms); the fit starts from the header's. The WCS error "
+        "compares the fitted and the true WCS over a 9 x 9 grid of the image; the matched stars' rms includes "
+        "their centroid noise (S/N >= 10). The pixel scale is the detector's width over the image's columns: "
+        "1.6 arcsec/px at 512 px, 0.2 arcsec/px at 4096.",
         "",
     ]
     return "\n".join(lines)

@@ -24,14 +24,15 @@ from typing import Any
 import astropy.time
 from rich.progress import Progress
 
-from pp_devkit.seed import SeedReport, seed_central, star_tile_at
+from pp_devkit.seed import SeedReport, seed_central
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
+from pp_devkit.skyfield import raw_scene
 from pp_devkit.synth import raw_image
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
 from prompt_processing.imaging.fits_io import to_fits_bytes
-from prompt_processing.model import layout
+from prompt_processing.model import layout, sky
 from prompt_processing.model.events import TAI_MINUS_UTC_S, day_obs
 from prompt_processing.model.instruments import Instrument
 from prompt_processing.settings import Settings
@@ -136,18 +137,20 @@ def upload_raw(
     night = day_obs(body["startTime"] - TAI_MINUS_UTC_S)
     obs = layout.obs_id(instrument, night, seq)
     key = layout.raw_key(instrument, night, obs, detector)
-    (ra, dec), angle = body["position"], body["cameraAngle"]
-    tile = star_tile_at(instrument, detector, ra, dec, angle)
-    image, truth = raw_image(instrument=instrument.name, detector=detector, tile=tile, group_id=group, snap=snap,
-                             shape_px=plan.shape_px, n_transients=plan.n_transients, rng_seed=plan.seed)  # fmt: skip
-    header = raw_header(instrument, body, detector, seq, snap)
+    scene = raw_scene(instrument, detector, body, plan.shape_px, rng_seed=plan.seed)
+    image, truth = raw_image(instrument=instrument.name, detector=detector, stars=scene.stars, group_id=group,
+                             snap=snap, shape_px=plan.shape_px, n_transients=plan.n_transients, rng_seed=plan.seed,
+                             seeing_fwhm_px=scene.seeing_fwhm_px)  # fmt: skip
+    header = raw_header(instrument, body, detector, seq, snap, shape_px=plan.shape_px)
     data = b"SIMPLE  = garbage" if corrupt else to_fits_bytes(image, header)
     raw_bucket = settings.s3.raw_bucket
     s3.put_bytes(client, raw_bucket, key, data)
     sidecar_key = key.removesuffix(".fits") + ".json"
     if sidecar:
         s3.put_bytes(client, raw_bucket, sidecar_key, json.dumps(header).encode(), "application/json")
-    truth_rows = [{"id": t.transient_id, "x_px": t.x_px, "y_px": t.y_px, "flux_e": t.flux_e} for t in truth]
+    truth_rows = [{"id": t.transient_id, "x_px": t.x_px, "y_px": t.y_px, "flux_e": t.flux_e,
+                   "ra_deg": float(ra), "dec_deg": float(dec)}
+                  for t in truth for ra, dec in [scene.true_wcs.pixel_to_world_values(t.x_px, t.y_px)]]  # fmt: skip
     s3.put_bytes(client, settings.s3.truth_bucket, layout.truth_key(instrument.name, group, detector),
                  json.dumps(truth_rows).encode(), "application/json")  # fmt: skip
     for object_key in (key, sidecar_key) if sidecar else (key,):
@@ -158,18 +161,25 @@ def upload_raw(
 
 
 def raw_header(
-    instrument: Instrument, body: Mapping[str, Any], detector: int, seq: int, snap: int = 0
-) -> dict[str, Any]:
+    instrument: Instrument, body: Mapping[str, Any], detector: int, seq: int, snap: int = 0,
+    shape_px: tuple[int, int] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The cards the camera writes in a raw and its sidecar (``butler.records`` reads them), for snap ``snap``
-    of the visit whose NextVisit is ``body`` (as sent: JSON values)."""
+    of the visit whose NextVisit is ``body`` (as sent: JSON values); with ``shape_px``, also the WCS the
+    telescope believes (the NextVisit's pointing: the true one differs by the pointing error)."""
     night = day_obs(body["startTime"] - TAI_MINUS_UTC_S)
     snaps = max(body["nimages"], 1)
     begin = astropy.time.Time(body["startTime"] + snap * body["duration"] / snaps, format="unix_tai")
     (ra, dec), angle = body["position"], body["cameraAngle"]
-    return {"INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": body["groupId"],
-            "OBSID": layout.obs_id(instrument, night, seq), "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": snap + 1,
-            "FILTER": body["filters"], "EXPTIME": body["duration"] / snaps, "DATE-BEG": begin.isot, "RA": ra,
-            "DEC": dec, "ROTPA": angle, "PROGRAM": body["survey"]}  # fmt: skip
+    cards: dict[str, Any] = {
+        "INSTRUME": instrument.name, "DETECTOR": detector, "GROUPID": body["groupId"],
+        "OBSID": layout.obs_id(instrument, night, seq), "DAYOBS": int(night), "SEQNUM": seq, "CURINDEX": snap + 1,
+        "FILTER": body["filters"], "EXPTIME": body["duration"] / snaps, "DATE-BEG": begin.isot, "RA": ra,
+        "DEC": dec, "ROTPA": angle, "PROGRAM": body["survey"],
+    }  # fmt: skip
+    if shape_px is not None:
+        cards |= dict(sky.detector_wcs(instrument, detector, ra, dec, angle, shape_px).to_header())
+    return cards
 
 
 def s3_notification(bucket: str, key: str) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 Units: raws and biases are in ADU, everything else in electrons, with a gain of
 ``GAIN_E_PER_ADU`` (1 e-/ADU). All images are float32, so a full 4096 x 4096 CCD is 64 MiB
-per frame. There is no WCS: a detector's patch of sky is named by ``(tile, detector)`` and
-a star sits at the same pixel in the template and in every raw of that tile and detector
-(no dithers, rotation or distortion). Seeds come from BLAKE2b hashes of the identifying
+per frame. Here star fields are in pixels: a detector's patch of sky is named by ``(tile,
+detector)`` and a star sits at the same pixel in the template and in every raw of that tile and
+detector (what the image algorithms' own tests use); ``skyfield`` puts stars on the sky instead
+(what the simulated night uses). Seeds come from BLAKE2b hashes of the identifying
 strings, never from Python's salted ``hash()``, so the data are the same in every process.
 """
 
@@ -184,8 +185,9 @@ def raw_image(
     *,
     instrument: str,
     detector: int,
-    tile: str,
     group_id: str,
+    tile: str = "",
+    stars: StarField | None = None,
     snap: int = 0,
     shape_px: tuple[int, int] = DEFAULT_SHAPE_PX,
     sky_level_e: float = 1000.0,
@@ -195,6 +197,9 @@ def raw_image(
     density_per_mpix: float = DEFAULT_STAR_DENSITY_PER_MPIX,
 ) -> tuple[FloatImage, list[Transient]]:
     """One raw exposure (ADU) and the transients injected into it.
+
+    The stars are ``stars`` (e.g. the sky's, through a WCS: ``skyfield.raw_scene``) or else the pixel
+    star field of (``tile``, detector).
 
     raw = bias + flat * (sky + transparency * stars + transients) + noise, the sources drawn
     with a Gaussian PSF of ``seeing_fwhm_px``; the noise is Poisson (in its Gaussian limit,
@@ -209,7 +214,8 @@ def raw_image(
     if n_transients < 0 or sky_level_e < 0:
         raise ValueError(f"need n_transients >= 0 and sky_level_e >= 0, got {n_transients}, {sky_level_e}")
     sigma_px = sigma_from_fwhm(seeing_fwhm_px)
-    stars = star_field(tile, detector, shape_px, density_per_mpix=density_per_mpix)
+    if stars is None:
+        stars = star_field(tile, detector, shape_px, density_per_mpix=density_per_mpix)
     visit_rng = np.random.default_rng(seed_for("visit", rng_seed, group_id))
     transparency = visit_rng.uniform(*TRANSPARENCY_RANGE)
     transient_rng = np.random.default_rng(seed_for("transients", rng_seed, group_id, detector))

@@ -14,13 +14,14 @@ import numpy as np
 from lsst.daf.butler import Butler
 
 from pp_devkit.night import NightPlan, raw_header
-from pp_devkit.seed import seed_central, star_tile_at
+from pp_devkit.seed import seed_central
 from pp_devkit.sim import PlannedVisit, next_visit_message, plan_visits
+from pp_devkit.skyfield import raw_scene
 from pp_devkit.synth import raw_image
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.butler.output_event import OutputEvent
-from prompt_processing.imaging.algorithms import process_detector
+from prompt_processing.imaging.algorithms import background, detect_sources, isr
 from prompt_processing.imaging.catalogue import catalogue_to_arrow
 from prompt_processing.model.events import NextVisit
 from prompt_processing.model.instruments import Instrument
@@ -50,19 +51,23 @@ class Visit:
         body |= {"nimages": 1, "duration": 30.0} | ({"groupId": group} if group else {})
         return cls(instrument, planned, NextVisit.from_json(json.dumps(body)), seq)
 
-    def raw(self, detector: int, **header_changes: object) -> tuple[np.ndarray, dict[str, object]]:
-        """The detector's raw (the simulator's image) and the header the camera would write."""
-        v = self.next_visit
-        tile = star_tile_at(self.instrument, detector, v.position[0], v.position[1], v.cameraAngle)
-        image, _ = raw_image(instrument=self.instrument.name, detector=detector, tile=tile, group_id=v.groupId,
-                             shape_px=SHAPE_PX, n_transients=3)  # fmt: skip
-        header = raw_header(self.instrument, v.model_dump(mode="json"), detector, self.seq_num)
+    def raw(self, detector: int, shape_px: tuple[int, int] = SHAPE_PX,
+            **header_changes: object) -> tuple[np.ndarray, dict[str, object]]:  # fmt: skip
+        """The detector's raw (the simulator's sky through the visit's true WCS) and the header the camera
+        would write (with the WCS it believes)."""
+        body = self.next_visit.model_dump(mode="json")
+        scene = raw_scene(self.instrument, detector, body, shape_px)
+        image, _ = raw_image(instrument=self.instrument.name, detector=detector, stars=scene.stars,
+                             group_id=self.next_visit.groupId, shape_px=shape_px, n_transients=3,
+                             seeing_fwhm_px=scene.seeing_fwhm_px)  # fmt: skip
+        header = raw_header(self.instrument, body, detector, self.seq_num, shape_px=shape_px)
         return image, header | header_changes
 
 
-def seed(butler: Butler, visit: Visit, detectors: tuple[int, ...], *, holes: tuple[int, ...] = ()) -> None:
-    plan = NightPlan(visit.instrument, detectors, 1, 1.0, 20.0, 30.0, SHAPE_PX, 3)
-    seed_central(butler, plan.instrument, plan.detectors, [visit.planned], SHAPE_PX, holes=holes)
+def seed(butler: Butler, visit: Visit, detectors: tuple[int, ...], *, holes: tuple[int, ...] = (),
+         shape_px: tuple[int, int] = SHAPE_PX) -> None:  # fmt: skip
+    plan = NightPlan(visit.instrument, detectors, 1, 1.0, 20.0, 30.0, shape_px, 3)
+    seed_central(butler, plan.instrument, plan.detectors, [visit.planned], shape_px, holes=holes)
 
 
 def local_repo(tmp: Path, settings: ButlerSettings, central: Butler, instrument: str) -> LocalRepo:
@@ -70,17 +75,18 @@ def local_repo(tmp: Path, settings: ButlerSettings, central: Butler, instrument:
 
 
 def export_visit_detector(local: LocalRepo, visit: Visit, detector: int, attempt: str = "a1") -> OutputEvent:
-    """Preload, ingest the raw, process, write the outputs and export them: what an activator does."""
+    """Preload, ingest the raw, write outputs (the raw after ISR and the sources of its background-subtracted
+    image) and export them: the Butler side of what an activator does, without the pipeline."""
     found = local.preload(visit.next_visit, detector)
-    assert found.bias and found.flat and found.template, found.missing
+    assert found.bias and found.flat and found.templates, found.missing
     image, header = visit.raw(detector)
     raw_ref, records = local.ingest_raw(visit.next_visit, detector, 0, image, header)
-    bias, flat, template = (local.read(ref).array for ref in (found.bias, found.flat, found.template))
-    result = process_detector(local.read(raw_ref).array, bias, flat, template)
+    bias, flat = local.read(found.bias).array, local.read(found.flat).array
+    calexp, rms_e = background(isr(local.read(raw_ref).array, bias, flat))
     v = visit.next_visit
     run = repo.output_run(v.instrument, v.day_obs(), v.groupId, attempt)
-    outputs = {repo.VISIT_IMAGE: result.calexp, repo.SOURCES: catalogue_to_arrow(result.sources),
-               repo.DIA_SOURCES: catalogue_to_arrow(result.dia_sources),
+    sources = catalogue_to_arrow(detect_sources(calexp, rms_e))
+    outputs = {repo.VISIT_IMAGE: calexp, repo.SOURCES: sources, repo.DIA_SOURCES: sources.slice(0, 0),
                repo.METADATA: {"attempt": attempt}}  # fmt: skip
     refs = local.write_outputs(run, int(raw_ref.dataId["exposure"]), detector, outputs)
     return local.export(refs, records, instrument=v.instrument, group=v.groupId, detector=detector, run=run)

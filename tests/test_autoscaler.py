@@ -405,7 +405,7 @@ def latiss_world(settings: Settings, redis_client: redis.Redis, monkeypatch: pyt
     })  # fmt: skip
     for name, value in flow_run_env(settings).items():
         monkeypatch.setenv(name, value)  # what flow runs read (via the Prefect worker)
-    plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (128, 128), 4)
+    plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (384, 384), 4)  # enough stars to calibrate
     client = s3.make_client(settings.s3)
     s3.ensure_buckets(client, [settings.s3.raw_bucket, settings.s3.truth_bucket])
     seed_central_repo(settings, plan, plan_visits(LATISS, 1))
@@ -424,7 +424,7 @@ def _visit_now(group: str) -> dict[str, Any]:
 def _land(settings: Settings, body: dict[str, Any]) -> None:
     from prompt_processing.adapters import kafka
 
-    plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (128, 128), 4)
+    plan = NightPlan(LATISS, (0,), 1, 1.0, 20.0, 1.0, (384, 384), 4)  # enough stars to calibrate
     producer, client = kafka.make_producer(settings.kafka), s3.make_client(settings.s3)
     upload_raw(settings, plan, body, 0, 0, int(time.time() * 1000) % 1_000_000, producer, client)
     client.close()

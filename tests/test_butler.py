@@ -64,17 +64,18 @@ def test_preload_brings_calibs_template_and_refcats_and_keeps_calibs_warm(
     local = local_repo(tmp_path, local_settings.butler, repo.open_central(local_settings.butler, local_settings.s3),
                        "LSSTCam")  # fmt: skip
     cold = local.preload(visit.next_visit, 94)
-    assert cold.missing == [] and cold.bias and cold.flat and cold.template and cold.refcats
-    assert cold.transferred == 3 + len(cold.refcats)
+    assert cold.missing == [] and cold.bias and cold.flat and cold.templates and cold.refcats
+    assert cold.transferred == 2 + len(cold.templates) + len(cold.refcats)
     # Re-certified locally with the central validity range: found by the visit's time, as a pipeline would.
     ts = local.butler.find_dataset(repo.BIAS, instrument="LSSTCam", detector=94,
                                    collections="LSSTCam/calib", timespan=visit_timespan(visit.next_visit))  # fmt: skip
     assert ts is not None and ts.id == cold.bias.id
     local.end_visit()  # templates and refcats are not cached (template_cache_entries = 0): pruned
-    assert local.butler.stored(cold.bias) and not local.butler.stored(cold.template)
+    assert local.butler.stored(cold.bias) and not any(local.butler.stored(ref) for ref in cold.templates)
     warm = local.preload(visit.next_visit, 94)
-    assert warm.transferred == 1 + len(warm.refcats)  # the template and shards again, not the calibs
-    assert local.read(warm.template).array.shape == (128, 128)
+    assert warm.transferred == len(warm.templates) + len(warm.refcats)  # templates and shards again, not the calibs
+    template = local.read(warm.templates[0])
+    assert template.sky_projection is not None  # each template is on its own grid
 
 
 def test_preload_of_a_visit_without_template_reports_it_and_still_preloads_calibs(
@@ -84,9 +85,9 @@ def test_preload_of_a_visit_without_template_reports_it_and_still_preloads_calib
     seed(central, visit, (0,), holes=(0,))
     local = local_repo(tmp_path, local_settings.butler, central, "LATISS")
     found = local.preload(visit.next_visit, 0)
-    assert found.template is None and found.bias is not None and found.flat is not None
+    assert found.templates == [] and found.bias is not None and found.flat is not None
     (missing,) = found.missing
-    assert missing.startswith("template: none in templates for detector 0 at htm7 ")
+    assert missing.startswith("template: none in templates overlaps detector 0 (its centre: ra ")
     assert local.butler.stored(found.bias) and local.butler.stored(found.flat)
 
 
@@ -268,5 +269,5 @@ def test_a_visit_not_pointed_on_the_sky_reports_why_it_has_no_template(
     seed(central, visit, (0,))
     horizontal = visit.next_visit.model_copy(update={"coordinateSystem": CoordinateSystem.OBSERVED})
     found = local_repo(tmp_path, local_settings.butler, central, "LATISS").preload(horizontal, 0)
-    assert found.bias is not None and found.template is None
+    assert found.bias is not None and found.templates == []
     assert "template: the visit's coordinateSystem is OBSERVED, not ICRS" in found.missing[0]

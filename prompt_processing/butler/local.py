@@ -53,7 +53,7 @@ class Preloaded:
 
     bias: DatasetRef | None = None
     flat: DatasetRef | None = None
-    template: DatasetRef | None = None
+    templates: list[DatasetRef] = field(default_factory=list)  # those overlapping the detector's region
     refcats: list[DatasetRef] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # "bias", "flat", "template", "refcat", with why
     transferred: int = 0  # datasets copied from the central repository for this visit (the rest were cached)
@@ -106,15 +106,14 @@ class LocalRepo:
                 wanted.append(("calib", ref))
                 setattr(found, name, ref)
         if visit.coordinateSystem == CoordinateSystem.ICRS:
-            template, refcats, why = self._sky_inputs(visit, detector)
+            templates, refcats, why = self._sky_inputs(visit, detector)
         else:  # position is not (ra, dec): there is no sky region to look in
-            template, refcats = None, []
+            templates, refcats = [], []
             why = f"the visit's coordinateSystem is {visit.coordinateSystem.name}, not ICRS: no sky position"
-        if template is None:
+        if not templates:
             found.missing.append(f"template: {why}")
-        else:
-            found.template = template
-            wanted.append(("sky", template))
+        found.templates = templates
+        wanted.extend(("sky", ref) for ref in templates)
         if not refcats:
             found.missing.append("refcat: no shard overlaps the detector's region")
         found.refcats = refcats
@@ -122,28 +121,26 @@ class LocalRepo:
         found.transferred = self._bring(wanted, calib)
         return found
 
-    def _sky_inputs(self, visit: NextVisit, detector: int) -> tuple[DatasetRef | None, list[DatasetRef], str]:
-        """(template, refcat shards, why no template) for the detector's predicted region."""
+    def _sky_inputs(self, visit: NextVisit, detector: int) -> tuple[list[DatasetRef], list[DatasetRef], str]:
+        """(templates, refcat shards, why no template) overlapping the detector's predicted region."""
         camera = get_instrument(self.instrument)
         assert camera is not None
         ra, dec = visit.position
         region = sky.detector_region(camera, detector, ra, dec, visit.cameraAngle, self.settings.region_padding_arcsec)
-        trixels = sky.htm_overlapping(region)
-        templates = self.central.query_datasets(
+        cells = sky.htm_overlapping(region, sky.TEMPLATE_HTM_LEVEL)
+        templates = list(self.central.query_datasets(
             repo.TEMPLATE, collections=repo.TEMPLATES_COLLECTION, explain=False,
-            data_id={"instrument": self.instrument, "detector": detector},
-            where="htm7 IN (trixels)", bind={"trixels": trixels},
-        )  # fmt: skip
+            data_id={"instrument": self.instrument}, where="htm9 IN (cells)", bind={"cells": cells},
+        ))  # fmt: skip
         centre_ra, centre_dec = sky.detector_centre(camera, detector, ra, dec, visit.cameraAngle)
-        centre = sky.htm_index(centre_ra, centre_dec)
-        template = next((ref for ref in templates if ref.dataId["htm7"] == centre), None)
-        why = "" if template is not None else (
-            f"none in {repo.TEMPLATES_COLLECTION} for detector {detector} at htm7 {centre} "
-            f"(its centre: ra {centre_ra:.3f}, dec {centre_dec:.3f} deg); {len(templates)} near it"
+        why = "" if templates else (
+            f"none in {repo.TEMPLATES_COLLECTION} overlaps detector {detector} (its centre: ra {centre_ra:.3f}, "
+            f"dec {centre_dec:.3f} deg; {len(cells)} htm9 cells looked in)"
         )  # fmt: skip
+        shards = sky.htm_overlapping(region, sky.REFCAT_HTM_LEVEL)
         refcats = self.central.query_datasets(repo.REFCAT, collections=repo.REFCATS_COLLECTION, explain=False,
-                                              where="htm7 IN (trixels)", bind={"trixels": trixels})  # fmt: skip
-        return template, list(refcats), why
+                                              where="htm7 IN (shards)", bind={"shards": shards})  # fmt: skip
+        return templates, list(refcats), why
 
     def _bring(self, wanted: list[tuple[str, DatasetRef]], calib: str) -> int:
         """Transfer what is not cached; certify new calibrations; prune beyond the cache limits."""

@@ -29,7 +29,7 @@ from prompt_processing.butler.instruments import INSTRUMENTS
 from prompt_processing.settings import ButlerSettings, S3Settings
 
 RAW, BIAS, FLAT = "raw", "bias", "flat"
-TEMPLATE, REFCAT = "template_coadd", "pp_sim_refcat"
+TEMPLATE, REFCAT = "pp_sim_template", "pp_sim_refcat"
 VISIT_IMAGE, SOURCES, DIA_SOURCES, METADATA = (
     "preliminary_visit_image", "single_visit_star", "dia_source", "prompt_metadata"
 )  # fmt: skip
@@ -64,9 +64,9 @@ DATASET_TYPES: dict[str, DatasetTypeSpec] = {spec.name: spec for spec in (
     DatasetTypeSpec(RAW, ("instrument", "detector", "exposure"), "ImageV2"),
     DatasetTypeSpec(BIAS, ("instrument", "detector"), "ImageV2", is_calibration=True),
     DatasetTypeSpec(FLAT, ("instrument", "detector", "physical_filter"), "ImageV2", is_calibration=True),
-    # Synthetic templates are on their detector's pixel grid (no WCS until the pipeline work warps them),
-    # so a template is indexed on the sky by the HTM trixel of its detector's centre, and by that detector.
-    DatasetTypeSpec(TEMPLATE, ("instrument", "detector", "htm7"), "ImageV2"),
+    # A template covers one level-9 trixel on its own TAN grid (its sky projection); the pipeline warps the
+    # ones overlapping a detector onto its grid. Per instrument: the pixel scale is the instrument's.
+    DatasetTypeSpec(TEMPLATE, ("instrument", "htm9"), "ImageV2"),
     DatasetTypeSpec(REFCAT, ("htm7",), "ArrowAstropy"),
     DatasetTypeSpec(VISIT_IMAGE, _VISIT_DETECTOR, "ImageV2"),
     DatasetTypeSpec(SOURCES, _VISIT_DETECTOR, "ArrowTable"),

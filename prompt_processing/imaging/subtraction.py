@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import sep
+from scipy.spatial import cKDTree
 
 from prompt_processing.imaging.catalogue import MIN_AREA_PX, MIN_PIXSTACK
 from prompt_processing.imaging.psf import FloatImage, convolve_gaussian, gaussian_kernel_1d
@@ -117,8 +118,10 @@ def _fit_star_positions(template: FloatImage) -> tuple[IntArray, IntArray]:
     half = STAMP_HALF_WIDTH_PX
     inside = (rows >= half) & (rows < data.shape[0] - half) & (cols >= half) & (cols < data.shape[1] - half)
     bright = bright[inside[bright]]
-    distance = np.hypot(rows[bright, None] - rows[None, :], cols[bright, None] - cols[None, :])
-    isolated = bright[(distance < ISOLATION_PX).sum(axis=1) == 1]  # only itself
+    # Neighbours counted with a k-d tree: a dense field has thousands of sources (a distance matrix was seconds).
+    tree = cKDTree(np.column_stack([rows, cols]))
+    near = tree.query_ball_point(np.column_stack([rows[bright], cols[bright]]), ISOLATION_PX - 1e-9, return_length=True)
+    isolated = bright[np.asarray(near) == 1]  # only itself
     chosen = isolated[np.argsort(-peak[isolated])][:MAX_STARS]
     return rows[chosen], cols[chosen]
 

@@ -21,8 +21,10 @@ from lsst.sphgeom import ConvexPolygon, HtmPixelization, LonLat, Region, UnitVec
 
 from prompt_processing.model.instruments import Instrument
 
-TEMPLATE_HTM_LEVEL = 7
-"""Sky index of templates and reference-catalogue shards (Rubin's refcats use HTM level 7, ~0.3 deg2)."""
+REFCAT_HTM_LEVEL = 7
+"""Sky index of reference-catalogue shards (Rubin's refcats use HTM level 7, ~0.3 deg2)."""
+TEMPLATE_HTM_LEVEL = 9
+"""Sky index of templates: each covers a level-9 trixel (~0.1 deg across) on its own TAN grid."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def detector_wcs(
     """
     where = placement(instrument, detector)
     rows, columns = shape_px
-    scale_deg = where.width_deg / columns
+    scale_deg = pixel_scale_arcsec(instrument, detector, columns) / 3600
     theta = math.radians(camera_angle_deg)
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -126,6 +128,11 @@ def detector_wcs(
     return wcs
 
 
+def pixel_scale_arcsec(instrument: Instrument, detector: int, columns: int) -> float:
+    """The pixel scale of an image of ``detector`` with ``columns`` columns (``detector_wcs``'s)."""
+    return placement(instrument, detector).width_deg * 3600 / columns
+
+
 def field_radius_deg(instrument: Instrument) -> float:
     """Distance from the boresight to the farthest detector corner."""
     return max(
@@ -134,12 +141,12 @@ def field_radius_deg(instrument: Instrument) -> float:
     )
 
 
-def htm_index(ra_deg: float, dec_deg: float, level: int = TEMPLATE_HTM_LEVEL) -> int:
+def htm_index(ra_deg: float, dec_deg: float, level: int = REFCAT_HTM_LEVEL) -> int:
     """The HTM trixel containing (ra, dec) at ``level``."""
     return int(HtmPixelization(level).index(UnitVector3d(LonLat.fromDegrees(ra_deg, dec_deg))))
 
 
-def htm_overlapping(region: Region, level: int = TEMPLATE_HTM_LEVEL) -> list[int]:
+def htm_overlapping(region: Region, level: int = REFCAT_HTM_LEVEL) -> list[int]:
     """The HTM trixels at ``level`` that may overlap ``region`` (a superset, as sphgeom's envelope is)."""
     ranges = HtmPixelization(level).envelope(region)
     return [index for begin, end in ranges for index in range(begin, end)]

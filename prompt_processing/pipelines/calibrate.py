@@ -1,9 +1,12 @@
-"""CalibrateImageTask: one visit-detector's snaps combined, background subtracted, stars detected, the
-WCS and the photometric zero point set.
+"""CalibrateImageTask: one visit-detector's snaps combined, background subtracted, the PSF width
+measured, stars detected, the WCS fitted against the reference catalogue and the zero point set.
 
-The WCS is the detector's nominal TAN WCS for the exposure's pointing and rotation (focal-plane
-placement, ``model.sky.detector_wcs``); the zero point is the configured nominal one. The summary
-(``prompt_visit_summary``) carries both, with the background rms, for the tasks downstream.
+The astrometric fit starts from the detector's nominal TAN WCS for the exposure's pointing and
+rotation (``model.sky.detector_wcs``: what the raw's header says) and finds the pointing error; the
+zero point is the matched stars' reference magnitudes against their count rates
+(``imaging.calibration``). Too few stars, or none matching the reference catalogue, fail the task
+(``CalibrationError``). The summary (``prompt_visit_summary``) carries the WCS, zero point, PSF width
+and background rms, with the fit's quality, for the tasks downstream.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import lsst.pex.config as pex_config
 import lsst.pipe.base.connectionTypes as ct
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table, vstack
 from astropy.wcs import WCS
 from lsst.images import Box, DetectorFrame, Image, SkyProjection
 from lsst.pipe.base import (
@@ -27,6 +31,7 @@ from lsst.pipe.base import (
 )
 
 from prompt_processing.imaging.algorithms import DEFAULT_KERNEL_FWHM_PX, background, detect_sources
+from prompt_processing.imaging.calibration import CalibrationError, fit_wcs, fit_zero_point, psf_fwhm_px
 from prompt_processing.imaging.catalogue import catalogue_to_arrow
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import get_instrument
@@ -37,6 +42,8 @@ class CalibrateImageConnections(PipelineTaskConnections, dimensions=VISIT_DETECT
     post_isr_images = ct.Input(name="post_isr_image", storageClass="ImageV2", multiple=True,
                                dimensions=("instrument", "exposure", "detector"),
                                doc="The visit's snaps after ISR (e-).")  # fmt: skip
+    refcats = ct.Input(name="pp_sim_refcat", storageClass="ArrowAstropy", multiple=True, dimensions=("htm7",),
+                       doc="Reference shards overlapping the detector (coord_ra, coord_dec, flux_nJy).")  # fmt: skip
     image = ct.Output(name="preliminary_visit_image", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
                       doc="Background-subtracted visit image (e-) with its sky projection.")  # fmt: skip
     stars = ct.Output(name="single_visit_star", storageClass="ArrowTable", dimensions=VISIT_DETECTOR,
@@ -47,9 +54,10 @@ class CalibrateImageConnections(PipelineTaskConnections, dimensions=VISIT_DETECT
 
 class CalibrateImageConfig(PipelineTaskConfig, pipelineConnections=CalibrateImageConnections):
     threshold_sigma = pex_config.Field[float](doc="Detection threshold (point-source S/N).", default=5.0)
-    kernel_fwhm_px = pex_config.Field[float](doc="Detection filter FWHM (px).", default=DEFAULT_KERNEL_FWHM_PX)
-    nominal_zero_point_mag = pex_config.Field[float](
-        doc="AB magnitude of a source giving 1 e-/s, until the photometric fit sets it.", default=28.0)
+    kernel_fwhm_px = pex_config.Field[float](doc="First detection filter FWHM, before the PSF is measured (px).",
+                                             default=DEFAULT_KERNEL_FWHM_PX)  # fmt: skip
+    search_arcsec = pex_config.Field[float](doc="Largest pointing error the astrometric fit looks for.", default=6.0)
+    min_matches = pex_config.Field[int](doc="Fewest stars matched to the reference catalogue.", default=10)
 
 
 class CalibrateImageTask(PipelineTask):
@@ -64,26 +72,39 @@ class CalibrateImageTask(PipelineTask):
         exposure = inputRefs.post_isr_images[0].dataId.records["exposure"]
         detector = int(outputRefs.image.dataId["detector"])
         images = [butlerQC.get(ref) for ref in inputRefs.post_isr_images]
+        refcat = vstack([butlerQC.get(ref) for ref in inputRefs.refcats]) if inputRefs.refcats else None
         pointing = (float(exposure.tracking_ra), float(exposure.tracking_dec), float(exposure.sky_angle))
-        outputs = self.run(images, instrument=str(exposure.instrument), detector=detector, pointing=pointing,
+        outputs = self.run(images, refcat, instrument=str(exposure.instrument), detector=detector, pointing=pointing,
                            exposure_time_s=float(exposure.exposure_time))  # fmt: skip
         butlerQC.put(outputs, outputRefs)
 
-    def run(self, post_isr_images: list[Image], *, instrument: str, detector: int,
+    def run(self, post_isr_images: list[Image], refcat: Table | None, *, instrument: str, detector: int,
             pointing: tuple[float, float, float], exposure_time_s: float, **_: Any) -> Struct:  # fmt: skip
         arrays = [image.array for image in post_isr_images]
         combined = arrays[0] if len(arrays) == 1 else np.mean(arrays, axis=0, dtype=np.float32)
         calexp, rms_e = background(combined)
-        stars = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma,
+        first = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma,
                                kernel_fwhm_px=self.config.kernel_fwhm_px)  # fmt: skip
+        fwhm_px = psf_fwhm_px(calexp, first)
+        stars = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma, kernel_fwhm_px=fwhm_px)
         camera = get_instrument(instrument)
-        if camera is None:
-            raise ValueError(f"unknown instrument {instrument!r}")
-        wcs = sky.detector_wcs(camera, detector, *pointing, calexp.shape)
-        summary = {"background_rms_e": rms_e, "zero_point_mag": self.config.nominal_zero_point_mag,
-                   "exposure_time_s": exposure_time_s, "n_stars": len(stars), "n_snaps": len(arrays),
-                   "wcs": wcs_cards(wcs)}  # fmt: skip
-        return Struct(image=with_projection(calexp, wcs, instrument, detector), stars=catalogue_to_arrow(stars),
+        if camera is None or refcat is None:
+            raise CalibrationError(f"no reference catalogue for {instrument} detector {detector}"
+                                   if camera else f"unknown instrument {instrument!r}")  # fmt: skip
+        nominal = sky.detector_wcs(camera, detector, *pointing, calexp.shape)
+        ra, dec = np.asarray(refcat["coord_ra"], dtype=float), np.asarray(refcat["coord_dec"], dtype=float)
+        fit = fit_wcs(stars, ra, dec, nominal, search_arcsec=self.config.search_arcsec,
+                      min_matches=self.config.min_matches)  # fmt: skip
+        zero_point, zp_rms, zp_stars = fit_zero_point(
+            stars.flux_e[fit.star_index], exposure_time_s, np.asarray(refcat["flux_nJy"], dtype=float)[fit.ref_index])
+        summary = {"background_rms_e": rms_e, "psf_fwhm_px": fwhm_px, "zero_point_mag": zero_point,
+                   "zero_point_rms_mag": zp_rms, "zero_point_stars": zp_stars, "exposure_time_s": exposure_time_s,
+                   "n_stars": len(stars), "n_snaps": len(arrays), "astrometry_matches": fit.n_matched,
+                   "astrometry_rms_arcsec": fit.rms_arcsec, "pointing_offset_arcsec": list(fit.offset_arcsec),
+                   "wcs": wcs_cards(fit.wcs)}  # fmt: skip
+        self.metadata["astrometry_rms_arcsec"] = fit.rms_arcsec
+        self.metadata["zero_point_mag"] = zero_point
+        return Struct(image=with_projection(calexp, fit.wcs, instrument, detector), stars=catalogue_to_arrow(stars),
                       summary=summary)  # fmt: skip
 
 

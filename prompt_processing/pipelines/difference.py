@@ -7,11 +7,15 @@ overlapping it, and says which it could not use.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import lsst.pex.config as pex_config
 import lsst.pipe.base.connectionTypes as ct
+import numpy as np
+from lsst.daf.butler import DataCoordinate, DatasetRef, DatasetType
 from lsst.images import Image
 from lsst.pipe.base import (
     InputQuantizedConnection,
@@ -22,49 +26,73 @@ from lsst.pipe.base import (
     QuantumContext,
     Struct,
 )
+from scipy.ndimage import uniform_filter
 
 from prompt_processing.imaging.algorithms import (
-    DEFAULT_KERNEL_FWHM_PX,
     background,
     catalogue_to_arrow,
     detect_transients,
     difference_rms,
     subtract_template,
 )
+from prompt_processing.imaging.psf import FWHM_PER_SIGMA
 from prompt_processing.imaging.subtraction import Difference
+from prompt_processing.imaging.warp import warp_into
 from prompt_processing.model import sky
-from prompt_processing.pipelines.calibrate import wcs_from_cards
+from prompt_processing.pipelines.calibrate import wcs_from_cards, with_projection
 from prompt_processing.pipelines.connections import VISIT_DETECTOR, visit_connection
 
 
+def templates_overlapping(dataset_type: DatasetType, registry: Any, data_id: DataCoordinate,
+                          collections: Sequence[str]) -> list[DatasetRef]:  # fmt: skip
+    """The templates whose HTM9 cell overlaps the visit-detector's region (the registry joins regions with its
+    common skypix level, HTM7, only: the cells are listed here, as a prerequisite lookup)."""
+    region = data_id.region
+    if region is None:
+        return []
+    cells = sky.htm_overlapping(region, sky.TEMPLATE_HTM_LEVEL)
+    return list(registry.queryDatasets(dataset_type, collections=collections, instrument=data_id["instrument"],
+                                       where="htm9 IN (cells)", bind={"cells": cells}, findFirst=True))  # fmt: skip
+
+
 class GetTemplateConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
-    templates = ct.Input(name="template_coadd", storageClass="ImageV2", multiple=True,
-                         dimensions=("instrument", "detector", "htm7"),
-                         doc="Templates whose HTM7 trixel overlaps the detector.")  # fmt: skip
-    summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's WCS.")
+    templates = ct.PrerequisiteInput(name="pp_sim_template", storageClass="ImageV2", multiple=True,
+                                     dimensions=("instrument", "htm9"), lookupFunction=templates_overlapping,
+                                     doc="Templates (each on its own projection) overlapping it.")  # fmt: skip
+    summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's fitted WCS.")
     template = ct.Output(name="template_detector", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
-                         doc="The template on the visit image's pixel grid.")  # fmt: skip
+                         doc="The templates warped onto the visit image's grid; NaN where none covers.")  # fmt: skip
 
 
 class GetTemplateConfig(PipelineTaskConfig, pipelineConnections=GetTemplateConnections):
-    pass
+    min_coverage = pex_config.Field[float](
+        doc="Least fraction of the detector the templates must cover (less is a failure).", default=0.05)
 
 
 class GetTemplateTask(PipelineTask):
+    """The overlapping templates warped (cubic splines) onto the visit image's WCS and stitched."""
+
     ConfigClass = GetTemplateConfig
     _DefaultName = "template"
+    config: GetTemplateConfig
 
     def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,
                    outputRefs: OutputQuantizedConnection) -> None:  # fmt: skip
-        by_trixel = {int(ref.dataId["htm7"]): ref for ref in inputRefs.templates}
         summary = butlerQC.get(inputRefs.summary)
         wcs = wcs_from_cards(summary["wcs"])
         columns, rows = wcs.pixel_shape
-        ra_deg, dec_deg = wcs.pixel_to_world_values((columns - 1) / 2, (rows - 1) / 2)
-        centre = sky.htm_index(float(ra_deg), float(dec_deg))
-        if centre not in by_trixel:
-            raise ValueError(f"no template at the detector's centre (htm7 {centre}); overlapping: {sorted(by_trixel)}")
-        butlerQC.put(Struct(template=butlerQC.get(by_trixel[centre])), outputRefs)
+        stitched = np.full((rows, columns), np.nan, dtype=np.float32)
+        for ref in sorted(inputRefs.templates, key=lambda r: int(r.dataId["htm9"])):
+            template = butlerQC.get(ref)
+            warp_into(stitched, wcs, template.array, template.sky_projection.as_fits_wcs(template.bbox))
+        coverage = float(np.isfinite(stitched).mean())
+        self.metadata["coverage"] = coverage
+        if coverage < self.config.min_coverage:
+            raise ValueError(f"the templates cover {coverage:.1%} of the detector, less than min_coverage "
+                             f"{self.config.min_coverage:.0%}")  # fmt: skip
+        data_id = outputRefs.template.dataId
+        butlerQC.put(Struct(template=with_projection(stitched, wcs, str(data_id["instrument"]),
+                                                     int(data_id["detector"]))), outputRefs)  # fmt: skip
 
 
 class SubtractImagesConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
@@ -96,24 +124,35 @@ class SubtractImagesTask(PipelineTask):
             raise ValueError(f"template {template.array.shape} is not on the science grid {science.array.shape}")
         diff: Difference = subtract_template(science.array, template.array, science_rms=summary["background_rms_e"],
                                              gain_e_per_adu=self.config.gain_e_per_adu)  # fmt: skip
-        image, rms_e = background(diff.image)
+        image, rms_e = background(_blank_uncovered(diff.image, template.array, summary["psf_fwhm_px"]))
         diff = replace(diff, image=image)
         return Struct(difference=Image(diff.image), matched=Image(diff.model), difference_summary={
             "rms_e": rms_e, "scale": diff.scale, "kernel_sigma_px": diff.kernel_sigma_px,
             "convolved": diff.convolved, "n_stars": diff.n_stars})  # fmt: skip
 
 
+def _blank_uncovered(image: np.ndarray, template: np.ndarray, fwhm_px: float) -> np.ndarray:
+    """``image`` with NaN where no template covered, grown by three PSF widths (the stars there were not
+    subtracted, and the matching kernel reached across the border)."""
+    missing = ~np.isfinite(template)
+    if missing.any():
+        reach = 2 * math.ceil(3 * fwhm_px) + 1
+        grown = uniform_filter(missing.astype(np.float32), size=reach) > 0
+        image = np.where(grown, np.float32(np.nan), image)
+    return image
+
+
 class DetectAndMeasureConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
     difference = visit_connection("difference_image", "ImageV2", "The difference image (e-).")
     matched = visit_connection("template_matched", "ImageV2", "The subtracted light (e-).")
     difference_summary = visit_connection("difference_summary", "StructuredDataDict", "rms of the difference.")
+    summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's PSF width.")
     dia_sources = ct.Output(name="dia_source_detector", storageClass="ArrowTable", dimensions=VISIT_DETECTOR,
                             doc="DIA sources (positive and negative), before association.")  # fmt: skip
 
 
 class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMeasureConnections):
     threshold_sigma = pex_config.Field[float](doc="Detection threshold (point-source S/N).", default=5.0)
-    kernel_fwhm_px = pex_config.Field[float](doc="Detection filter FWHM (px).", default=DEFAULT_KERNEL_FWHM_PX)
     gain_e_per_adu = pex_config.Field[float](doc="Gain, for the Poisson noise of the subtracted light.", default=1.0)
 
 
@@ -124,8 +163,19 @@ class DetectAndMeasureTask(PipelineTask):
     _DefaultName = "detect"
     config: DetectAndMeasureConfig
 
-    def run(self, difference: Image, matched: Image, difference_summary: dict[str, Any], **_: Any) -> Struct:
+    def run(self, difference: Image, matched: Image, difference_summary: dict[str, Any], summary: dict[str, Any],
+            **_: Any) -> Struct:  # fmt: skip
         noise = difference_rms(difference_summary["rms_e"], matched.array, gain_e_per_adu=self.config.gain_e_per_adu)
         found = detect_transients(difference.array, noise, threshold_sigma=self.config.threshold_sigma,
-                                  kernel_fwhm_px=self.config.kernel_fwhm_px, reference=matched.array)  # fmt: skip
+                                  kernel_fwhm_px=difference_fwhm_px(summary, difference_summary),
+                                  reference=matched.array)  # fmt: skip
         return Struct(dia_sources=catalogue_to_arrow(found))
+
+
+def difference_fwhm_px(summary: dict[str, Any], difference_summary: dict[str, Any]) -> float:
+    """The difference image's PSF FWHM: the visit image's, broadened by the matching kernel when that was
+    applied to it (a science image sharper than the template)."""
+    fwhm = float(summary["psf_fwhm_px"])
+    if difference_summary["convolved"] == "science":
+        fwhm = math.hypot(fwhm, float(difference_summary["kernel_sigma_px"]) * FWHM_PER_SIGMA)
+    return fwhm
