@@ -73,7 +73,7 @@ def test_alert_production_runs_every_task_and_packages_alerts(
     assert done.graph_s > 0 and done.execute_s >= sum(done.task_s.values()) and done.middleware_s > 0
     alerts = local.read(done.outputs[repo.ALERTS])
     sources = local.read(done.outputs[repo.DIA_SOURCES])
-    assert alerts.num_rows == sources.num_rows >= 2  # 3 injected transients
+    assert 2 <= alerts.num_rows == sources.num_rows <= 5  # 3 injected transients, at most 2 false
     schema = load_schema()
     decoded = [schema.decode(payload) for payload in alerts["payload"].to_pylist()]
     assert [str(a["diaSourceId"]) for a in decoded] == alerts["key"].to_pylist()

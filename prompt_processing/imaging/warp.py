@@ -52,7 +52,8 @@ def warp_into(target: FloatImage, target_wcs: WCS, source: FloatImage, source_wc
             if coefficients is None:
                 crop = np.nan_to_num(np.asarray(source[lo_y:hi_y, lo_x:hi_x], dtype=np.float32))
                 coefficients = spline_filter(crop, order=3, output=np.float32, mode="nearest")
-            matrix, offset = _affine(my[i : i + 2, j : j + 2] - y0 + 0.5, mx[i : i + 2, j : j + 2] - x0 + 0.5,
+            # Corners in the block's own pixel coordinates (its first pixel's centre is 0), source in the crop's.
+            matrix, offset = _affine(my[i : i + 2, j : j + 2] - y0, mx[i : i + 2, j : j + 2] - x0,
                                      sy[i : i + 2, j : j + 2] - lo_y, sx[i : i + 2, j : j + 2] - lo_x)  # fmt: skip
             values = affine_transform(coefficients, matrix, offset, output_shape=block.shape, order=3,
                                       mode="constant", cval=np.nan, prefilter=False, output=np.float32)  # fmt: skip
