@@ -66,11 +66,20 @@ def seed_central(
         butler.put(with_projection(image, wcs, name, 0), repo.TEMPLATE, instrument=name, htm9=trixel,
                    run=repo.TEMPLATES_COLLECTION)  # fmt: skip
     shards = {t for region in regions.values() for t in sky.htm_overlapping(region)}
-    existing = {ref.dataId["htm7"] for ref in butler.query_datasets(
-        repo.REFCAT, collections=repo.REFCATS_COLLECTION, explain=False)}  # fmt: skip
+    existing = {ref.dataId["htm7"] for ref in _current_refcats(butler)}
     for trixel in sorted(shards - existing):
         butler.put(refcat_shard(trixel, scale), repo.REFCAT, htm7=trixel, run=repo.REFCATS_COLLECTION)
     return SeedReport(calibs=calibs, templates=len(wanted - have), refcats=len(shards - existing))
+
+
+def _current_refcats(butler: Butler) -> list[DatasetRef]:
+    """The refcat shards already seeded, once those of an older simulator (random stars, no ``flux_nJy``:
+    not the sky the raws show) are removed, so a repository kept from an earlier version is reseeded."""
+    refs = butler.query_datasets(repo.REFCAT, collections=repo.REFCATS_COLLECTION, explain=False)
+    stale = [ref for ref in refs if "flux_nJy" not in butler.get(ref).colnames]
+    if stale:
+        butler.pruneDatasets(stale, disassociate=True, unstore=True, purge=True)
+    return [ref for ref in refs if ref not in stale]
 
 
 def _seed_calibs(

@@ -16,7 +16,7 @@ from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.model import sky
-from prompt_processing.model.instruments import LATISS
+from prompt_processing.model.instruments import LATISS, LSSTCAM, Instrument
 from prompt_processing.pipelines.calibrate import wcs_from_cards
 from prompt_processing.pipelines.runner import NoPipeline, PipelineFailed, PipelineRun, run_pipelines
 from prompt_processing.pipelines.selection import Unselected, select_pipelines
@@ -40,26 +40,27 @@ def central(settings: Settings) -> Butler:
 
 
 def _prepared(tmp_path: Path, settings: Settings, central: Butler, *, holes: tuple[int, ...] = (),
-              other_filter: bool = False) -> tuple[Visit, LocalRepo]:
-    """A seeded LATISS visit (``holes``: without its template; ``other_filter``: in a filter with no flat) and a
+              other_filter: bool = False, camera: Instrument = LATISS, detector: int = 0) -> tuple[Visit, LocalRepo]:
+    """A seeded visit (``holes``: without its template; ``other_filter``: in a filter with no flat) and a
     local repository it was preloaded into."""
-    visit = Visit.make(LATISS)
-    seed(central, visit, (0,), holes=holes, shape_px=SHAPE_PX)
+    visit = Visit.make(camera)
+    seed(central, visit, (detector,), holes=holes, shape_px=SHAPE_PX)
     if other_filter:
-        other = next(f for f in LATISS.filters if f != visit.next_visit.filters)
+        other = next(f for f in camera.filters if f != visit.next_visit.filters)
         visit.next_visit = visit.next_visit.model_copy(update={"filters": other})
-    local = local_repo(tmp_path, settings.butler, central, "LATISS")
-    local.preload(visit.next_visit, 0)
+    local = local_repo(tmp_path, settings.butler, central, camera.name)
+    local.preload(visit.next_visit, detector)
     return visit, local
 
 
-def _run(settings: Settings, local: LocalRepo, visit: Visit, raw: np.ndarray | None = None) -> PipelineRun:
-    image, header = visit.raw(0, SHAPE_PX)
-    raw_ref, _records = local.ingest_raw(visit.next_visit, 0, 0, image if raw is None else raw, header)
+def _run(settings: Settings, local: LocalRepo, visit: Visit, raw: np.ndarray | None = None,
+         detector: int = 0) -> PipelineRun:  # fmt: skip
+    image, header = visit.raw(detector, SHAPE_PX)
+    raw_ref, _records = local.ingest_raw(visit.next_visit, detector, 0, image if raw is None else raw, header)
     v = visit.next_visit
-    return run_pipelines(local.butler, "LATISS", FALLBACKS, inputs=local.input_collections,
-                         where=f"instrument='LATISS' AND visit={int(raw_ref.dataId['exposure'])} AND detector=0",
-                         run=repo.output_run("LATISS", v.day_obs(), v.groupId, "t1"),
+    where = f"instrument='{v.instrument}' AND visit={int(raw_ref.dataId['exposure'])} AND detector={detector}"
+    return run_pipelines(local.butler, v.instrument, FALLBACKS, inputs=local.input_collections, where=where,
+                         run=repo.output_run(v.instrument, v.day_obs(), v.groupId, "t1"),
                          config={"associate": {"apdb_url": settings.apdb.db_url or ""}})  # fmt: skip
 
 
@@ -92,6 +93,17 @@ def test_alert_production_runs_every_task_and_packages_alerts(
     assert true_centre.separation(found_centre).arcsec < 0.1 * scale_arcsec  # the fit found the true WCS
     assert abs(summary["psf_fwhm_px"] - scene.seeing_fwhm_px) < 0.3
     assert 27.7 < summary["zero_point_mag"] < 28.1  # nominal 28, less a transparency of 0.85-1
+
+
+def test_an_outer_detector_far_from_the_boresight_is_calibrated_too(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    """LSSTCam R22_S20, ~0.3 deg from the boresight: the tangent point of the fit is not the pointing's."""
+    visit, local = _prepared(tmp_path, settings, central, camera=LSSTCAM, detector=96)
+    done = _run(settings, local, visit, detector=96)
+    summary = local.read(done.outputs[repo.VISIT_SUMMARY])
+    assert done.pipeline == "ApPipe" and summary["astrometry_matches"] >= 10
+    assert summary["astrometry_rms_arcsec"] < 0.4 * sky.pixel_scale_arcsec(LSSTCAM, 96, SHAPE_PX[1])
 
 
 def test_no_template_falls_through_to_single_frame_and_says_why(

@@ -99,8 +99,9 @@ def fit_wcs(
             raise CalibrationError(f"astrometry: {len(star)} stars matched the reference catalogue "
                                    f"(need {min_matches})")  # fmt: skip
         world = SkyCoord(ref_ra_deg[ref], ref_dec_deg[ref], unit="deg")
-        wcs = fit_wcs_from_points((x[star], y[star]), world, proj_point=SkyCoord(*initial.wcs.crval, unit="deg"),
-                                  projection="TAN")  # fmt: skip
+        # Tangent point at the matched stars' centre: the boresight (the initial WCS's) may lie far off an
+        # outer detector, where a fit of the reference pixel and CD matrix is ill-conditioned.
+        wcs = fit_wcs_from_points((x[star], y[star]), world, proj_point="center", projection="TAN")
         wcs.pixel_shape = initial.pixel_shape
     fitted = wcs.pixel_to_world(x[star], y[star])
     rms = float(np.sqrt(np.mean(fitted.separation(world).arcsec ** 2)))
