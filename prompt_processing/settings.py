@@ -277,8 +277,9 @@ class VisitSettings(BaseModel):
     published_ttl_s: int = Field(
         172_800,
         ge=60,
-        description="How long a visit-detector is remembered as published (its alerts are never sent twice "
-        "within it); at least fanout.dedup_ttl_s.",
+        description="How long a visit-detector's alerts are remembered as sent (the APDB says it was processed; "
+        "this says its alerts went out, so a redelivery after the APDB transaction resends them only if not); "
+        "at least fanout.dedup_ttl_s.",
     )
 
 
