@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sep
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
@@ -21,8 +22,6 @@ from prompt_processing.apdb.ids import MAX_SOURCES, DiaSourceKey, dia_source_id
 from prompt_processing.imaging.catalogue import Catalogue
 
 BANDS = "ugrizy"
-# A flux whose aperture was cut by the image edge or touched a bad pixel (sep's APER_TRUNC, APER_HASMASKED).
-_APER_TRUNC, _APER_HASMASKED = 0x0010, 0x0020
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ def dia_sources(
     ra_deg, dec_deg = wcs.pixel_to_world_values(catalogue.x_px, catalogue.y_px) if n else (np.zeros(0), np.zeros(0))
     flux_njy = catalogue.flux_e * flux_njy_per_e
     flux_err_njy = catalogue.flux_err_e * flux_njy_per_e
-    truncated = (catalogue.aperture_flags & _APER_TRUNC) != 0
-    masked = (catalogue.aperture_flags & _APER_HASMASKED) != 0
+    truncated = (catalogue.aperture_flags & sep.APER_TRUNC) != 0
+    masked = (catalogue.aperture_flags & sep.APER_HASMASKED) != 0
     return pd.DataFrame({
         "diaSourceId": np.array(ids, dtype=np.int64),
         "visit": np.int64(where.visit), "detector": np.int16(where.detector), "band": where.band,

@@ -12,7 +12,6 @@ and the executor's own overhead (execution wall time less the tasks' time).
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -24,8 +23,6 @@ from typing import Any
 from lsst.daf.butler import Butler, DatasetRef
 from lsst.pipe.base import Pipeline, PipelineTask, TaskFactory
 from lsst.pipe.base.separable_pipeline_executor import SeparablePipelineExecutor
-
-_log = logging.getLogger(__name__)
 
 
 class NoPipeline(RuntimeError):
