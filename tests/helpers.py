@@ -13,11 +13,14 @@ from types import TracebackType
 from typing import Any
 
 import fastavro.validation
+import numpy as np
 from confluent_kafka import Message
 
 from pp_devkit.sim import next_visit_message, plan_visits
 from prompt_processing.adapters import kafka
 from prompt_processing.alerts.packet import load_schema, schema_id
+from prompt_processing.imaging.catalogue import Catalogue
+from prompt_processing.imaging.dia import DiaCatalogue, DiaMeasurements
 from prompt_processing.model.instruments import get_instrument
 from prompt_processing.services.fanout import FanOutService
 from prompt_processing.services.kafka_service import KafkaService
@@ -141,3 +144,18 @@ def serving[S: Servable](service: S) -> Iterator[S]:
         service.request_exit()
         thread.join(30)
         assert not thread.is_alive() and not errors, f"service loop: {errors}"
+
+
+def dia_catalogue(catalogue: Catalogue, *, dipole_lobes_px: float | None = None) -> DiaCatalogue:
+    """``catalogue`` as DIA sources: round with a 1.5 px sigma, or (``dipole_lobes_px`` apart along x)
+    all dipoles, their positive lobe the first."""
+    n = len(catalogue)
+    nothing = np.full(n, np.nan)
+    if dipole_lobes_px is None:
+        return DiaCatalogue(catalogue, DiaMeasurements(np.full(n, 2.25), np.full(n, 2.25), np.zeros(n),
+                                                       np.zeros(n, bool), np.zeros(n, bool), nothing, nothing,
+                                                       nothing, nothing, nothing, nothing))  # fmt: skip
+    half = dipole_lobes_px / 2
+    return DiaCatalogue(catalogue, DiaMeasurements(
+        nothing, nothing, nothing, np.ones(n, bool), np.ones(n, bool), np.abs(catalogue.flux_e) * 2,
+        catalogue.flux_e, catalogue.x_px - half, catalogue.y_px, catalogue.x_px + half, catalogue.y_px))  # fmt: skip

@@ -17,6 +17,7 @@ from prompt_processing.apdb.association import VisitDetector, associate, dia_sou
 from prompt_processing.imaging.catalogue import Catalogue
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import LSSTCAM
+from tests.helpers import dia_catalogue
 
 SHAPE_PX = (200, 300)
 WCS_94 = sky.detector_wcs(LSSTCAM, 94, 10.0, -45.0, 30.0, SHAPE_PX)
@@ -26,8 +27,9 @@ def _rows() -> tuple[dict[str, object], dict[str, object]]:
     where = VisitDetector("LSSTCam", 20261201, 7, 20261201000007, 94, "g", 61375.1, 30.0)
     catalogue = Catalogue(np.array([12.0]), np.array([150.0]), np.array([-800.0]), np.array([40.0]),
                           np.array([-20.0]), np.array([0]))  # fmt: skip
-    sources = dia_sources(where, catalogue, WCS_94, flux_njy_per_e=1.5, processed_mjd_tai=61375.2,
-                          aperture_radius_px=3.5, cutout_size_px=31)  # fmt: skip
+    sources = dia_sources(where, dia_catalogue(catalogue, dipole_lobes_px=4.0), WCS_94, flux_njy_per_e=1.5,
+                          processed_mjd_tai=61375.2, aperture_radius_px=3.5, cutout_size_px=31,
+                          psf_sigma_px=1.5)  # fmt: skip
     joined = associate(sources, pd.DataFrame(), radius_arcsec=1.0)
     return joined.sources.to_dict("records")[0], joined.objects.to_dict("records")[0]
 
@@ -44,6 +46,16 @@ def test_an_alert_round_trips_in_confluent_framing_and_validates() -> None:
     assert alert["diaSource"]["isNegative"] and alert["diaSource"]["psfFlux"] == pytest.approx(-1200.0)
     assert alert["diaSource"]["band"] == "g" and alert["diaObject"]["g_psfFluxNdata"] == 1
     assert len(alert["prvDiaSources"]) == 1 and alert["diaSource"]["raErr"] is None  # NaN and missing: null
+    dipole = alert["diaSource"]
+    scale_arcsec = float(np.sqrt(abs(np.linalg.det(WCS_94.pixel_scale_matrix)))) * 3600
+    assert dipole["isDipole"] and dipole["shape_flag"] and dipole["ixx"] is None
+    assert dipole["dipoleLength"] == pytest.approx(4.0 * scale_arcsec, rel=1e-4)
+    assert dipole["dipoleMeanFlux"] == pytest.approx(2400.0) and dipole["dipoleFluxDiff"] == pytest.approx(-1200.0)
+    # Bearing from the negative lobe (4 px along +x) to the positive: the image's -x direction on the sky.
+    ra0, dec0 = WCS_94.pixel_to_world_values(14.0, 150.0)
+    ra1, dec1 = WCS_94.pixel_to_world_values(10.0, 150.0)
+    bearing = np.degrees(np.arctan2((ra1 - ra0) * np.cos(np.radians(dec0)), dec1 - dec0)) % 360
+    assert dipole["dipoleAngle"] == pytest.approx(bearing, abs=0.01)
 
 
 def test_a_missing_required_value_is_named_before_anything_is_sent() -> None:

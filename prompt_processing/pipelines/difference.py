@@ -1,8 +1,8 @@
 """Image differencing: GetTemplateTask, SubtractImagesTask, DetectAndMeasureTask.
 
-The simulator's templates share their detector's pixel grid (no warp yet): ``GetTemplateTask`` takes
-the template of the HTM7 trixel holding the detector's centre (by the visit image's WCS) among those
-overlapping it, and says which it could not use.
+``GetTemplateTask`` warps the templates whose HTM9 cells overlap the detector onto the visit image's
+fitted WCS and stitches them; it reads each template's projection first and then only the cutout the
+detector's still-empty parts need (none when it adds nothing), not the whole deep image.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import lsst.pex.config as pex_config
 import lsst.pipe.base.connectionTypes as ct
 import numpy as np
+import pyarrow as pa
 from lsst.daf.butler import DataCoordinate, DatasetRef, DatasetType
-from lsst.images import Image
+from lsst.images import Box, Image
 from lsst.pipe.base import (
     InputQuantizedConnection,
     OutputQuantizedConnection,
@@ -30,14 +31,13 @@ from scipy.ndimage import uniform_filter
 
 from prompt_processing.imaging.algorithms import (
     background,
-    catalogue_to_arrow,
-    detect_transients,
     difference_rms,
     subtract_template,
 )
+from prompt_processing.imaging.dia import detect_dia_sources
 from prompt_processing.imaging.psf import FWHM_PER_SIGMA
 from prompt_processing.imaging.subtraction import Difference
-from prompt_processing.imaging.warp import warp_into
+from prompt_processing.imaging.warp import apply_warp, plan_warp
 from prompt_processing.model import sky
 from prompt_processing.pipelines.calibrate import wcs_from_cards, with_projection
 from prompt_processing.pipelines.connections import VISIT_DETECTOR, visit_connection
@@ -58,6 +58,7 @@ def templates_overlapping(dataset_type: DatasetType, registry: Any, data_id: Dat
 class GetTemplateConnections(PipelineTaskConnections, dimensions=VISIT_DETECTOR):
     templates = ct.PrerequisiteInput(name="pp_sim_template", storageClass="ImageV2", multiple=True,
                                      dimensions=("instrument", "htm9"), lookupFunction=templates_overlapping,
+                                     deferLoad=True,
                                      doc="Templates (each on its own projection) overlapping it.")  # fmt: skip
     summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's fitted WCS.")
     template = ct.Output(name="template_detector", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
@@ -82,9 +83,19 @@ class GetTemplateTask(PipelineTask):
         wcs = wcs_from_cards(summary["wcs"])
         columns, rows = wcs.pixel_shape
         stitched = np.full((rows, columns), np.nan, dtype=np.float32)
+        read_px = 0
         for ref in sorted(inputRefs.templates, key=lambda r: int(r.dataId["htm9"])):
-            template = butlerQC.get(ref)
-            warp_into(stitched, wcs, template.array, template.sky_projection.as_fits_wcs(template.bbox))
+            handle = butlerQC.get(ref)
+            bbox = handle.get(component="bbox")
+            plan = plan_warp(stitched, wcs, bbox.shape, handle.get(component="sky_projection").as_fits_wcs(bbox))
+            if plan is None:
+                continue
+            lo_y, hi_y, lo_x, hi_x = plan.crop
+            y0, x0 = bbox.y.start, bbox.x.start
+            cutout = handle.get(parameters={"bbox": Box.factory[y0 + lo_y : y0 + hi_y, x0 + lo_x : x0 + hi_x]})
+            apply_warp(stitched, plan, cutout.array)
+            read_px += cutout.array.size
+        self.metadata["template_read_px"] = read_px
         coverage = float(np.isfinite(stitched).mean())
         self.metadata["coverage"] = coverage
         if coverage < self.config.min_coverage:
@@ -99,6 +110,7 @@ class SubtractImagesConnections(PipelineTaskConnections, dimensions=VISIT_DETECT
     science = visit_connection("preliminary_visit_image", "ImageV2", "The visit image (e-).")
     template = visit_connection("template_detector", "ImageV2", "The template on its pixel grid.")
     summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "Background rms of the visit image.")
+    stars = visit_connection("single_visit_star", "ArrowTable", "Sources on the visit image (isolation of fit stars).")
     difference = ct.Output(name="difference_image", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
                            doc="science - matched template, background subtracted; NaN where undefined.")  # fmt: skip
     matched = ct.Output(name="template_matched", storageClass="ImageV2", dimensions=VISIT_DETECTOR,
@@ -119,11 +131,13 @@ class SubtractImagesTask(PipelineTask):
     _DefaultName = "subtract"
     config: SubtractImagesConfig
 
-    def run(self, science: Image, template: Image, summary: dict[str, Any], **_: Any) -> Struct:
+    def run(self, science: Image, template: Image, summary: dict[str, Any], stars: pa.Table, **_: Any) -> Struct:
         if science.array.shape != template.array.shape:
             raise ValueError(f"template {template.array.shape} is not on the science grid {science.array.shape}")
+        neighbours = (stars["x_px"].to_numpy(), stars["y_px"].to_numpy())
         diff: Difference = subtract_template(science.array, template.array, science_rms=summary["background_rms_e"],
-                                             gain_e_per_adu=self.config.gain_e_per_adu)  # fmt: skip
+                                             gain_e_per_adu=self.config.gain_e_per_adu,
+                                             neighbours_xy=neighbours)  # fmt: skip
         image, rms_e = background(_blank_uncovered(diff.image, template.array, summary["psf_fwhm_px"]))
         diff = replace(diff, image=image)
         return Struct(difference=Image(diff.image), matched=Image(diff.model), difference_summary={
@@ -148,16 +162,20 @@ class DetectAndMeasureConnections(PipelineTaskConnections, dimensions=VISIT_DETE
     difference_summary = visit_connection("difference_summary", "StructuredDataDict", "rms of the difference.")
     summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's PSF width.")
     dia_sources = ct.Output(name="dia_source_detector", storageClass="ArrowTable", dimensions=VISIT_DETECTOR,
-                            doc="DIA sources (positive and negative), before association.")  # fmt: skip
+                            doc="DIA sources (positive, negative, dipoles), with shapes; not associated.")  # fmt: skip
 
 
 class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMeasureConnections):
-    threshold_sigma = pex_config.Field[float](doc="Detection threshold (point-source S/N).", default=5.0)
+    threshold_sigma = pex_config.Field[float](
+        doc="Detection threshold (point-source S/N). At 5.0 (Rubin's, which then relies on a reliability "
+            "classifier) pure white noise alone gives about one false DIA source per 4k x 4k image; 5.5 gives "
+            "about one per eight (BENCHMARKS.md).", default=5.5)  # fmt: skip
     gain_e_per_adu = pex_config.Field[float](doc="Gain, for the Poisson noise of the subtracted light.", default=1.0)
 
 
 class DetectAndMeasureTask(PipelineTask):
-    """DIA sources: detected, measured, dipoles and bright-star residuals rejected (``detect_transients``)."""
+    """DIA sources: detected, measured (flux, centroid, shape), dipoles flagged, bright-star residuals rejected
+    (``imaging.dia.detect_dia_sources``)."""
 
     ConfigClass = DetectAndMeasureConfig
     _DefaultName = "detect"
@@ -166,10 +184,11 @@ class DetectAndMeasureTask(PipelineTask):
     def run(self, difference: Image, matched: Image, difference_summary: dict[str, Any], summary: dict[str, Any],
             **_: Any) -> Struct:  # fmt: skip
         noise = difference_rms(difference_summary["rms_e"], matched.array, gain_e_per_adu=self.config.gain_e_per_adu)
-        found = detect_transients(difference.array, noise, threshold_sigma=self.config.threshold_sigma,
-                                  kernel_fwhm_px=difference_fwhm_px(summary, difference_summary),
-                                  reference=matched.array)  # fmt: skip
-        return Struct(dia_sources=catalogue_to_arrow(found))
+        found = detect_dia_sources(difference.array, noise, threshold_sigma=self.config.threshold_sigma,
+                                   kernel_fwhm_px=difference_fwhm_px(summary, difference_summary),
+                                   reference=matched.array)  # fmt: skip
+        self.metadata["n_dipoles"] = int(found.measurements.is_dipole.sum())
+        return Struct(dia_sources=found.to_arrow())
 
 
 def difference_fwhm_px(summary: dict[str, Any], difference_summary: dict[str, Any]) -> float:
