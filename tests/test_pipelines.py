@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 from lsst.daf.butler import Butler
+from scipy.ndimage import label
 
 from pp_devkit.skyfield import raw_scene
+from pp_devkit.synth import bias_frame
 from prompt_processing.alerts.packet import load_schema
 from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
+from prompt_processing.imaging.calibration import CalibrationError
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import LATISS, LSSTCAM, Instrument
 from prompt_processing.pipelines.calibrate import wcs_from_cards
@@ -54,14 +57,15 @@ def _prepared(tmp_path: Path, settings: Settings, central: Butler, *, holes: tup
 
 
 def _run(settings: Settings, local: LocalRepo, visit: Visit, raw: np.ndarray | None = None,
-         detector: int = 0) -> PipelineRun:  # fmt: skip
+         detector: int = 0, saturation_adu: float = 65535.0) -> PipelineRun:  # fmt: skip
     image, header = visit.raw(detector, SHAPE_PX)
     raw_ref, _records = local.ingest_raw(visit.next_visit, detector, 0, image if raw is None else raw, header)
     v = visit.next_visit
     where = f"instrument='{v.instrument}' AND visit={int(raw_ref.dataId['exposure'])} AND detector={detector}"
     return run_pipelines(local.butler, v.instrument, FALLBACKS, inputs=local.input_collections, where=where,
                          run=repo.output_run(v.instrument, v.day_obs(), v.groupId, "t1"),
-                         config={"associate": {"apdb_url": settings.apdb.db_url or ""}})  # fmt: skip
+                         config={"associate": {"apdb_url": settings.apdb.db_url or ""},
+                                 "isr": {"saturation_adu": saturation_adu}})  # fmt: skip
 
 
 def test_alert_production_runs_every_task_and_packages_alerts(
@@ -138,6 +142,45 @@ def test_a_failed_quantum_is_final_and_names_task_data_id_and_error(
     assert (failed.pipeline, failed.task) == ("ApPipe", "isr") and "detector: 0" in failed.data_id
     assert isinstance(failed.error, ValueError) and "differ in shape" in str(failed.error)
     assert str(failed).startswith("ApPipe: task isr failed on {instrument: 'LATISS'")
+
+
+def test_saturated_stars_are_masked_and_no_alert_is_sent_for_them(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    """A camera whose full well is reached by the brightest stars' cores (0.1% of the pixels)."""
+    visit, local = _prepared(tmp_path, settings, central)
+    image, _ = visit.raw(0, SHAPE_PX)
+    saturation_adu = float(np.percentile(image, 99.9))
+    clipped = image >= saturation_adu
+    assert label(clipped)[1] >= 8  # stars with saturated cores (9 here)
+    raw = np.minimum(image, np.float32(saturation_adu))
+    done = _run(settings, local, visit, raw=raw, saturation_adu=saturation_adu)
+    assert done.pipeline == "ApPipe"
+    visit_image = local.read(done.outputs[repo.VISIT_IMAGE]).array
+    assert np.isnan(visit_image[clipped]).all() and np.isfinite(visit_image[~clipped]).all()
+    sources = local.read(done.outputs[repo.DIA_SOURCES])
+    assert 2 <= sources.num_rows <= 5  # 3 injected transients, at most 2 false
+    rows, cols = np.nonzero(clipped)
+    for x, y in zip(sources["x"].to_pylist(), sources["y"].to_pylist(), strict=True):
+        assert np.hypot(cols - x, rows - y).min() > 5.0  # the difference is blanked around saturated stars
+    summary = local.read(done.outputs[repo.VISIT_SUMMARY])
+    assert summary["astrometry_matches"] >= 10
+    scene = raw_scene(LATISS, 0, visit.next_visit.model_dump(mode="json"), SHAPE_PX)
+    assert abs(summary["psf_fwhm_px"] - scene.seeing_fwhm_px) < 0.3  # measured on unsaturated stars only
+
+
+def test_a_field_saturated_everywhere_fails_in_calibrate_saying_why(
+    tmp_path: Path, settings: Settings, central: Butler
+) -> None:
+    """Every star's core clipped at the ADC's full scale: a final failure naming the step and the reason."""
+    visit, local = _prepared(tmp_path, settings, central)
+    image, _ = visit.raw(0, SHAPE_PX)
+    bias = bias_frame(LATISS.name, 0, SHAPE_PX)
+    saturated = np.minimum(bias + (image - bias) * 50, np.float32(65535.0))
+    with pytest.raises(PipelineFailed) as caught:
+        _run(settings, local, visit, raw=saturated)
+    assert (caught.value.pipeline, caught.value.task) == ("ApPipe", "calibrate")
+    assert isinstance(caught.value.error, CalibrationError) and "too few to measure the PSF" in str(caught.value)
 
 
 def test_selection_follows_the_first_matching_rule() -> None:

@@ -8,6 +8,7 @@ gain). No I/O.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,17 +50,21 @@ DEFAULT_KERNEL_FWHM_PX = 3.5  # detection filter: the nominal 0.7 arcsec seeing 
 SYSTEMATIC_FRACTION = 0.02  # subtraction residuals assumed up to 2% of the subtracted star light
 
 
-def isr(raw_adu: FloatImage, bias_adu: FloatImage, flat: FloatImage, *, gain_e_per_adu: float = 1.0) -> FloatImage:
+def isr(raw_adu: FloatImage, bias_adu: FloatImage, flat: FloatImage, *, gain_e_per_adu: float = 1.0,
+        saturation_adu: float = math.inf) -> FloatImage:  # fmt: skip
     """Instrument signature removal: (raw - bias) * gain / flat, in electrons (float32).
 
-    Pixels where the flat is below 0.05 or not finite (dead or unilluminated) are NaN in the
-    output rather than divided by ~0; later steps mask non-finite pixels.
+    Pixels where the flat is below 0.05 or not finite (dead or unilluminated), and raw pixels at or
+    above ``saturation_adu`` (their light is lost), are NaN in the output rather than a wrong value;
+    later steps mask non-finite pixels.
     """
     if not raw_adu.shape == bias_adu.shape == flat.shape:
         raise ValueError(f"raw {raw_adu.shape}, bias {bias_adu.shape} and flat {flat.shape} differ in shape")
     calexp = np.subtract(raw_adu, bias_adu, dtype=np.float32)
     calexp *= np.float32(gain_e_per_adu)
     good = np.isfinite(flat) & (flat >= MIN_FLAT)
+    if math.isfinite(saturation_adu):
+        good &= raw_adu < saturation_adu
     np.divide(calexp, flat, out=calexp, where=good)
     calexp[~good] = np.nan
     return calexp

@@ -25,6 +25,7 @@ from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage, finite_or_
 
 AB_NJY_ZERO_POINT = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
 _INNER_PX, _OUTER_PX = 2.5, 8.0
+_MIN_SIGMA_PX, _MAX_SIGMA_PX = 0.2, 20.0
 
 
 class CalibrationError(ValueError):
@@ -57,22 +58,29 @@ def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, m
     if len(bright) < 5:
         raise CalibrationError(f"{len(bright)} bright isolated stars: too few to measure the PSF")
     data = np.ascontiguousarray(finite_or_zero(image))
+    mask = ~np.isfinite(image)  # saturated or dead pixels: a star touching one is not measured
     x, y = stars.x_px[bright], stars.y_px[bright]
-    inner, _, flag_in = sep.sum_circle(data, x, y, _INNER_PX)
-    outer, _, flag_out = sep.sum_circle(data, x, y, _OUTER_PX)
+    inner, _, flag_in = sep.sum_circle(data, x, y, _INNER_PX, mask=mask)
+    outer, _, flag_out = sep.sum_circle(data, x, y, _OUTER_PX, mask=mask)
     good = (flag_in == 0) & (flag_out == 0) & (outer > 0)
-    ratios = np.clip(inner[good] / outer[good], 0.02, 0.98)
+    ratios = inner[good] / outer[good]
+    # Ratios a Gaussian of 0.2-20 px sigma can give (a blend or a cosmic ray may not).
+    ratios = ratios[(ratios < _enclosed_ratio(_MIN_SIGMA_PX)) & (ratios > _enclosed_ratio(_MAX_SIGMA_PX))]
     sigmas = [_sigma_for_ratio(float(r)) for r in ratios]
     if len(sigmas) < 5:
-        raise CalibrationError(f"{len(sigmas)} stars with whole apertures: too few to measure the PSF")
+        raise CalibrationError(f"{len(sigmas)} stars with whole, unmasked, star-like apertures: too few to "
+                               f"measure the PSF")  # fmt: skip
     return float(np.median(sigmas)) * FWHM_PER_SIGMA
 
 
-def _sigma_for_ratio(ratio: float) -> float:
-    def enclosed(sigma: float) -> float:
-        return (1 - math.exp(-(_INNER_PX**2) / (2 * sigma**2))) / (1 - math.exp(-(_OUTER_PX**2) / (2 * sigma**2)))
+def _enclosed_ratio(sigma_px: float) -> float:
+    """A Gaussian PSF's flux within the inner aperture over that within the outer."""
+    inner = 1 - math.exp(-(_INNER_PX**2) / (2 * sigma_px**2))
+    return inner / (1 - math.exp(-(_OUTER_PX**2) / (2 * sigma_px**2)))
 
-    return float(brentq(lambda s: enclosed(s) - ratio, 0.2, 20.0))
+
+def _sigma_for_ratio(ratio: float) -> float:
+    return float(brentq(lambda s: _enclosed_ratio(s) - ratio, _MIN_SIGMA_PX, _MAX_SIGMA_PX))
 
 
 def fit_wcs(

@@ -138,17 +138,18 @@ class SubtractImagesTask(PipelineTask):
         diff: Difference = subtract_template(science.array, template.array, science_rms=summary["background_rms_e"],
                                              gain_e_per_adu=self.config.gain_e_per_adu,
                                              neighbours_xy=neighbours)  # fmt: skip
-        image, rms_e = background(_blank_uncovered(diff.image, template.array, summary["psf_fwhm_px"]))
+        image, rms_e = background(_blank_undefined(diff.image, science.array, template.array, summary["psf_fwhm_px"]))
         diff = replace(diff, image=image)
         return Struct(difference=Image(diff.image), matched=Image(diff.model), difference_summary={
             "rms_e": rms_e, "scale": diff.scale, "kernel_sigma_px": diff.kernel_sigma_px,
             "convolved": diff.convolved, "n_stars": diff.n_stars})  # fmt: skip
 
 
-def _blank_uncovered(image: np.ndarray, template: np.ndarray, fwhm_px: float) -> np.ndarray:
-    """``image`` with NaN where no template covered, grown by three PSF widths (the stars there were not
-    subtracted, and the matching kernel reached across the border)."""
-    missing = ~np.isfinite(template)
+def _blank_undefined(image: np.ndarray, science: np.ndarray, template: np.ndarray, fwhm_px: float) -> np.ndarray:
+    """``image`` with NaN where the science image had no value (saturated, dead) or no template covered,
+    grown by three PSF widths (the light there was not subtracted, and the matching kernel reached across
+    the border)."""
+    missing = ~np.isfinite(template) | ~np.isfinite(science)
     if missing.any():
         reach = 2 * math.ceil(3 * fwhm_px) + 1
         grown = uniform_filter(missing.astype(np.float32), size=reach) > 0

@@ -1,4 +1,4 @@
-"""IsrTask: instrument signature removal of one exposure of one detector (bias, gain, flat)."""
+"""IsrTask: instrument signature removal of one exposure of one detector (bias, gain, flat, saturation)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import lsst.pex.config as pex_config
 import lsst.pipe.base.connectionTypes as ct
+import numpy as np
 from lsst.images import Image
 from lsst.pipe.base import PipelineTask, PipelineTaskConfig, PipelineTaskConnections, Struct
 
@@ -22,20 +23,26 @@ class IsrConnections(PipelineTaskConnections, dimensions=("instrument", "exposur
                                 doc="Flat of the exposure's filter valid at its time (relative response).")  # fmt: skip
     post_isr_image = ct.Output(name="post_isr_image", storageClass="ImageV2",
                                dimensions=("instrument", "exposure", "detector"),
-                               doc="Bias-subtracted, flat-fielded (e-); NaN where the flat is dead.")  # fmt: skip
+                               doc="Bias-subtracted, flat-fielded (e-); NaN: dead flat, saturated.")  # fmt: skip
 
 
 class IsrConfig(PipelineTaskConfig, pipelineConnections=IsrConnections):
     gain_e_per_adu = pex_config.Field[float](doc="Detector gain (e-/ADU).", default=1.0)
+    saturation_adu = pex_config.Field[float](
+        doc="Raw pixels at or above this (the ADC's full scale, 16 bits) are saturated: NaN after ISR.",
+        default=65535.0)  # fmt: skip
 
 
 class IsrTask(PipelineTask):
-    """(raw - bias) * gain / flat; a raw whose shape differs from the calibrations' is a ValueError."""
+    """(raw - bias) * gain / flat, saturated pixels NaN; a raw whose shape differs from the calibrations'
+    is a ValueError."""
 
     ConfigClass = IsrConfig
     _DefaultName = "isr"
     config: IsrConfig
 
     def run(self, raw: Image, bias: Image, flat: Image, **_: Any) -> Struct:
-        array = isr(raw.array, bias.array, flat.array, gain_e_per_adu=self.config.gain_e_per_adu)
+        array = isr(raw.array, bias.array, flat.array, gain_e_per_adu=self.config.gain_e_per_adu,
+                    saturation_adu=self.config.saturation_adu)  # fmt: skip
+        self.metadata["n_saturated"] = int(np.count_nonzero(raw.array >= self.config.saturation_adu))
         return Struct(post_isr_image=Image(array))
