@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import astropy.time
+import numpy as np
 from lsst.daf.butler import Butler, DatasetRef, Timespan
 from lsst.images import Image
 
@@ -28,6 +29,7 @@ from prompt_processing.model.instruments import Instrument
 from prompt_processing.pipelines.calibrate import with_projection
 
 CALIB_LABEL = "sim"
+STALE_BIAS_ADU = 100.0  # a master bias with a median above this still holds the amplifier levels
 CALIB_VALID_FROM = astropy.time.Time("2020-01-01T00:00:00", scale="tai")
 
 
@@ -88,6 +90,7 @@ def _seed_calibs(
     name = instrument.name
     run, collection = repo.calib_run(name, CALIB_LABEL), repo.calib_collection(name)
     butler.registry.registerRun(run)
+    _drop_stale_biases(butler, name, run, collection)
     have = {(ref.datasetType.name, ref.dataId["detector"], ref.dataId.get("physical_filter"))
             for dataset_type in (repo.BIAS, repo.FLAT)
             for ref in butler.query_datasets(dataset_type, collections=run, explain=False,
@@ -104,3 +107,15 @@ def _seed_calibs(
     if new:
         butler.registry.certify(collection, new, Timespan(CALIB_VALID_FROM, None))
     return len(new)
+
+
+def _drop_stale_biases(butler: Butler, instrument: str, run: str, collection: str) -> None:
+    """Remove the master biases of an older simulator, whose raws had no overscan (their biases hold the
+    amplifiers' ~1000 ADU levels; today's are overscan-corrected, about 0), so a kept repository is
+    reseeded with biases that fit today's raws."""
+    refs = butler.query_datasets(repo.BIAS, collections=run, explain=False, data_id={"instrument": instrument})
+    stale = [ref for ref in refs if abs(float(np.median(butler.get(ref).array))) > STALE_BIAS_ADU]
+    if stale:
+        butler.registry.decertify(collection, repo.BIAS, Timespan(CALIB_VALID_FROM, None),
+                                  dataIds=[ref.dataId for ref in stale])  # fmt: skip
+        butler.pruneDatasets(stale, disassociate=True, unstore=True, purge=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prompt_processing.imaging.algorithms import AMP_GRID  # LSSTCam CCDs: 2 x 8 amplifiers
 from prompt_processing.imaging.fits_io import from_fits_bytes, to_fits_bytes
 from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatArray, FloatImage, add_point_sources, sigma_from_fwhm
 
@@ -25,9 +26,11 @@ __all__ = [
     "DEFAULT_SHAPE_PX",
     "FULL_CCD",
     "GAIN_E_PER_ADU",
+    "OVERSCAN_PX",
     "DetectorGeometry",
     "StarField",
     "Transient",
+    "amplifier_levels_adu",
     "bias_frame",
     "flat_frame",
     "from_fits_bytes",
@@ -40,7 +43,8 @@ __all__ = [
 GAIN_E_PER_ADU = 1.0
 READ_NOISE_E = 6.0
 BIAS_LEVEL_ADU = 1000.0
-AMP_GRID = (2, 8)  # LSSTCam CCDs read out through 2 x 8 amplifiers
+OVERSCAN_PX = 8  # serial overscan columns per amplifier column, appended to the raw's right
+AMP_DRIFT_ADU = 2.0  # amplifier level changes between exposures (rms)
 VIGNETTING_AT_CORNER = 0.12  # fractional flat-field falloff at the detector corners
 PIXEL_RESPONSE_RMS = 0.01  # pixel-to-pixel flat-field variation
 DEFAULT_STAR_DENSITY_PER_MPIX = 300.0
@@ -100,20 +104,43 @@ def seed_for(*parts: object) -> int:
 
 
 def bias_frame(instrument: str, detector: int, shape_px: tuple[int, int] = DEFAULT_SHAPE_PX) -> FloatImage:
-    """The master bias (ADU): ~1000 ADU, a per-amplifier offset (2 x 8 amps, +-15 ADU rms),
-    per-column offsets (0.5 ADU rms) and a fixed pixel pattern (1 ADU rms); noise-free and
-    the same for the same (instrument, detector, shape)."""
+    """The master bias (ADU), overscan-corrected as a combined bias is: per-column offsets (0.5 ADU
+    rms) and a fixed pixel pattern (1 ADU rms) about 0; noise-free and the same for the same
+    (instrument, detector, shape). The amplifiers' levels are in each raw's overscan."""
     rng = np.random.default_rng(seed_for("bias", instrument, detector, *shape_px))
-    amp_offsets_adu = rng.normal(BIAS_LEVEL_ADU, 15.0, size=AMP_GRID)
     column_offsets_adu = rng.normal(0.0, 0.5, size=shape_px[1]).astype(np.float32)
     bias = rng.standard_normal(shape_px, dtype=np.float32)
     bias += column_offsets_adu[None, :]
-    row_edges = np.linspace(0, shape_px[0], AMP_GRID[0] + 1).astype(int)
-    col_edges = np.linspace(0, shape_px[1], AMP_GRID[1] + 1).astype(int)
+    return bias
+
+
+def amplifier_levels_adu(instrument: str, detector: int, exposure: tuple[object, ...]) -> FloatArray:
+    """The (2, 8) amplifiers' bias levels (ADU) in one exposure: ~1000 ADU, a fixed offset per
+    amplifier (15 ADU rms) and a drift from exposure to exposure (2 ADU rms) that no master bias can
+    know: only the raw's overscan measures it."""
+    fixed = np.random.default_rng(seed_for("amplifiers", instrument, detector)).normal(0.0, 15.0, size=AMP_GRID)
+    drift = np.random.default_rng(seed_for("amplifier-drift", instrument, detector, *exposure)).normal(
+        0.0, AMP_DRIFT_ADU, size=AMP_GRID)  # fmt: skip
+    levels: FloatArray = BIAS_LEVEL_ADU + fixed + drift
+    return levels
+
+
+def _with_overscan(data_adu: FloatImage, levels_adu: FloatArray, rng: np.random.Generator) -> FloatImage:
+    """``data_adu`` (bias pattern, signal and noise; no amplifier level) read out through the amplifiers:
+    each amplifier's level added to its part of the image, and ``OVERSCAN_PX`` columns of overscan per
+    amplifier column appended on the right (the level plus read noise, the rows of the amplifier beside it)."""
+    rows, columns = data_adu.shape
+    n_amp_rows, n_amp_columns = AMP_GRID
+    row_edges = np.linspace(0, rows, n_amp_rows + 1).astype(int)
+    col_edges = np.linspace(0, columns, n_amp_columns + 1).astype(int)
+    overscan = rng.standard_normal((rows, n_amp_columns * OVERSCAN_PX), dtype=np.float32)
+    overscan *= np.float32(READ_NOISE_E / GAIN_E_PER_ADU)
     for amp_row, (row_lo, row_hi) in enumerate(itertools.pairwise(row_edges)):
         for amp_col, (col_lo, col_hi) in enumerate(itertools.pairwise(col_edges)):
-            bias[row_lo:row_hi, col_lo:col_hi] += np.float32(amp_offsets_adu[amp_row, amp_col])
-    return bias
+            level = np.float32(levels_adu[amp_row, amp_col])
+            data_adu[row_lo:row_hi, col_lo:col_hi] += level
+            overscan[row_lo:row_hi, amp_col * OVERSCAN_PX : (amp_col + 1) * OVERSCAN_PX] += level
+    return np.concatenate([data_adu, overscan], axis=1)
 
 
 def flat_frame(instrument: str, detector: int, shape_px: tuple[int, int] = DEFAULT_SHAPE_PX) -> FloatImage:
@@ -201,7 +228,9 @@ def raw_image(
     The stars are ``stars`` (e.g. the sky's, through a WCS: ``skyfield.raw_scene``) or else the pixel
     star field of (``tile``, detector).
 
-    raw = bias + flat * (sky + transparency * stars + transients) + noise, the sources drawn
+    raw = bias + flat * (sky + transparency * stars + transients) + noise + each amplifier's level,
+    with ``OVERSCAN_PX`` overscan columns per amplifier column appended (``shape_px`` is the imaging
+    area: the raw has ``AMP_GRID[1] * OVERSCAN_PX`` columns more), the sources drawn
     with a Gaussian PSF of ``seeing_fwhm_px``; the noise is Poisson (in its Gaussian limit,
     sky >> 1 e-) plus 6 e- read noise. ``transparency`` is drawn per visit in [0.85, 1].
 
@@ -242,7 +271,8 @@ def raw_image(
     signal_e += noise
     signal_e /= np.float32(GAIN_E_PER_ADU)
     signal_e += bias_frame(instrument, detector, shape_px)
-    return signal_e, truth
+    levels = amplifier_levels_adu(instrument, detector, (rng_seed, group_id, snap))
+    return _with_overscan(signal_e, levels, noise_rng), truth
 
 
 def _draw_transients(

@@ -8,6 +8,7 @@ gain). No I/O.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -45,26 +46,45 @@ __all__ = [
 ]
 
 MIN_FLAT = 0.05  # pixels whose flat response is below this are marked bad (NaN)
+AMP_GRID = (2, 8)  # amplifiers (rows, columns) of an LSSTCam CCD
 BACKGROUND_MESH_PX = 64
 DEFAULT_KERNEL_FWHM_PX = 3.5  # detection filter: the nominal 0.7 arcsec seeing at 0.2 arcsec/px
 SYSTEMATIC_FRACTION = 0.02  # subtraction residuals assumed up to 2% of the subtracted star light
 
 
 def isr(raw_adu: FloatImage, bias_adu: FloatImage, flat: FloatImage, *, gain_e_per_adu: float = 1.0,
-        saturation_adu: float = math.inf) -> FloatImage:  # fmt: skip
-    """Instrument signature removal: (raw - bias) * gain / flat, in electrons (float32).
+        saturation_adu: float = math.inf, amp_grid: tuple[int, int] = AMP_GRID) -> FloatImage:  # fmt: skip
+    """Instrument signature removal: (raw - amplifier level - bias) * gain / flat, in electrons (float32).
 
+    The raw is the imaging area (the calibrations' shape) followed by serial overscan columns, the same
+    number for each of the ``amp_grid`` (rows, columns) amplifiers' columns; each amplifier's level is
+    the median of its overscan rows beside it, subtracted from its part of the image. A raw with no
+    overscan columns is taken as already corrected (its master bias must then hold the levels).
     Pixels where the flat is below 0.05 or not finite (dead or unilluminated), and raw pixels at or
     above ``saturation_adu`` (their light is lost), are NaN in the output rather than a wrong value;
     later steps mask non-finite pixels.
     """
-    if not raw_adu.shape == bias_adu.shape == flat.shape:
-        raise ValueError(f"raw {raw_adu.shape}, bias {bias_adu.shape} and flat {flat.shape} differ in shape")
-    calexp = np.subtract(raw_adu, bias_adu, dtype=np.float32)
+    rows, columns = bias_adu.shape
+    extra = raw_adu.shape[1] - columns
+    if flat.shape != bias_adu.shape or raw_adu.shape[0] != rows or extra < 0 or extra % amp_grid[1]:
+        raise ValueError(f"raw {raw_adu.shape}, bias {bias_adu.shape} and flat {flat.shape} differ in shape "
+                         f"(the raw: the calibrations' columns and the same overscan for each of "
+                         f"{amp_grid[1]} amplifier columns)")  # fmt: skip
+    data = raw_adu[:, :columns]
+    calexp = np.subtract(data, bias_adu, dtype=np.float32)
+    if extra:
+        overscan = raw_adu[:, columns:]
+        per_amp = extra // amp_grid[1]
+        row_edges = np.linspace(0, rows, amp_grid[0] + 1).astype(int)
+        col_edges = np.linspace(0, columns, amp_grid[1] + 1).astype(int)
+        for row_lo, row_hi in itertools.pairwise(row_edges):
+            for j, (col_lo, col_hi) in enumerate(itertools.pairwise(col_edges)):
+                level = np.median(overscan[row_lo:row_hi, j * per_amp : (j + 1) * per_amp])
+                calexp[row_lo:row_hi, col_lo:col_hi] -= np.float32(level)
     calexp *= np.float32(gain_e_per_adu)
     good = np.isfinite(flat) & (flat >= MIN_FLAT)
     if math.isfinite(saturation_adu):
-        good &= raw_adu < saturation_adu
+        good &= data < saturation_adu
     np.divide(calexp, flat, out=calexp, where=good)
     calexp[~good] = np.nan
     return calexp
