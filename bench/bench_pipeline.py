@@ -211,7 +211,8 @@ def render(results: list[dict[str, Any]], floor: dict[float, float], n_noise: in
         f"The floor: false DIA sources per 4096 x 4096 image of pure white noise ({n_noise} images, PSF FWHM "
         "3.7 px, no subtraction), " + ", ".join(f"{per:.3f} at {t:.1f} sigma" for t, per in floor.items())
         + ". The detection threshold is 5.5 sigma (`detect.threshold_sigma`): at Rubin's 5.0 the noise "
-        "alone passes the target; Rubin then filters with a reliability classifier, which we do not have.",
+        "alone uses most of the budget of one per visit-detector (Rubin then filters with a reliability "
+        "classifier, which we do not have).",
         "",
     ]
     return "\n".join(lines)

@@ -169,8 +169,8 @@ class DetectAndMeasureConnections(PipelineTaskConnections, dimensions=VISIT_DETE
 class DetectAndMeasureConfig(PipelineTaskConfig, pipelineConnections=DetectAndMeasureConnections):
     threshold_sigma = pex_config.Field[float](
         doc="Detection threshold (point-source S/N). At 5.0 (Rubin's, which then relies on a reliability "
-            "classifier) pure white noise alone gives about one false DIA source per 4k x 4k image; 5.5 gives "
-            "about one per eight (BENCHMARKS.md).", default=5.5)  # fmt: skip
+            "classifier) pure white noise alone gives 0.8-1.25 false DIA sources per 4k x 4k image, at 5.5 "
+            "0-0.13 (BENCHMARKS.md).", default=5.5)  # fmt: skip
     gain_e_per_adu = pex_config.Field[float](doc="Gain, for the Poisson noise of the subtracted light.", default=1.0)
 
 
