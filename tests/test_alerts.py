@@ -29,7 +29,7 @@ def _rows() -> tuple[dict[str, object], dict[str, object]]:
                           np.array([-20.0]), np.array([0]))  # fmt: skip
     sources = dia_sources(where, dia_catalogue(catalogue, dipole_lobes_px=4.0), WCS_94, flux_njy_per_e=1.5,
                           processed_mjd_tai=61375.2, aperture_radius_px=3.5, cutout_size_px=31,
-                          psf_sigma_px=1.5)  # fmt: skip
+                          psf_model_px2=(2.25, 2.25, 0.0))  # fmt: skip
     joined = associate(sources, pd.DataFrame(), radius_arcsec=1.0)
     return joined.sources.to_dict("records")[0], joined.objects.to_dict("records")[0]
 
@@ -43,7 +43,8 @@ def test_an_alert_round_trips_in_confluent_framing_and_validates() -> None:
     alert = schema.decode(payload)
     fastavro.validation.validate(alert, schema.parsed, raise_errors=True)
     assert alert["diaSourceId"] == source["diaSourceId"] == alert["diaObject"]["diaObjectId"]
-    assert alert["diaSource"]["isNegative"] and alert["diaSource"]["psfFlux"] == pytest.approx(-1200.0)
+    assert alert["diaSource"]["isNegative"] and alert["diaSource"]["psfFlux"] == pytest.approx(-1320.0)
+    assert alert["diaSource"]["apFlux"] == pytest.approx(-1200.0) and alert["diaSource"]["snr"] == pytest.approx(-22.0)
     assert alert["diaSource"]["band"] == "g" and alert["diaObject"]["g_psfFluxNdata"] == 1
     assert len(alert["prvDiaSources"]) == 1 and alert["diaSource"]["raErr"] is None  # NaN and missing: null
     dipole = alert["diaSource"]

@@ -53,7 +53,7 @@ def _sources(where: VisitDetector, x_px: list[float], y_px: list[float], flux_e:
     wcs = sky.detector_wcs(LSSTCAM, where.detector, 150.0, -30.0, 10.0, SHAPE_PX)
     return dia_sources(where, dia_catalogue(_catalogue(x_px, y_px, flux_e)), wcs, flux_njy_per_e=2.0,
                        processed_mjd_tai=61375.2, aperture_radius_px=3.5, cutout_size_px=31,
-                       psf_sigma_px=1.5)  # fmt: skip
+                       psf_model_px2=(2.25, 2.25, 0.0))  # fmt: skip
 
 
 def test_dia_sources_are_placed_through_the_wcs_with_ids_and_fluxes_in_njy() -> None:
@@ -62,7 +62,8 @@ def test_dia_sources_are_placed_through_the_wcs_with_ids_and_fluxes_in_njy() -> 
     ra, dec = wcs.pixel_to_world_values(400.0, 300.0)
     assert sources["ra"][1] == pytest.approx(ra) and sources["dec"][1] == pytest.approx(dec)
     assert [unpack(i).index for i in sources["diaSourceId"]] == [0, 1]
-    assert list(sources["psfFlux"]) == [1000.0, 1000.0] and sources["visit"][0] == WHERE.visit
+    assert list(sources["apFlux"]) == [1000.0, 1000.0] and sources["visit"][0] == WHERE.visit
+    assert list(sources["psfFlux"]) == [1100.0, 1100.0] and list(sources["snr"]) == [11.0, 11.0]
     scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600
     # Round sources of 1.5 px sigma, and the PSF of 1.5 px: 2.25 px^2 in arcsec^2 on both sky axes.
     for column in ("ixx", "iyy", "ixxPSF", "iyyPSF"):
@@ -85,7 +86,7 @@ def test_association_joins_the_nearest_object_within_the_radius_and_starts_the_r
     assert second.n_new_objects == 2
     updated = second.objects.set_index("diaObjectId").loc[first.objects["diaObjectId"][0]]
     assert (updated["nDiaSources"], updated["r_psfFluxNdata"]) == (2, 2)
-    assert updated["r_psfFluxMean"] == pytest.approx((2000.0 + 6000.0) / 2)
+    assert updated["r_psfFluxMean"] == pytest.approx((2000.0 + 6000.0) / 2 * 1.1)  # PSF fluxes: 1.1 x aperture
     assert updated["lastDiaSourceMjdTai"] == 61375.2 and updated["firstDiaSourceMjdTai"] == 61375.1
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prompt_processing.imaging.dia import DiaCatalogue, detect_dia_sources, second_moments
+from prompt_processing.imaging.catalogue import psf_flux, second_moments
+from prompt_processing.imaging.dia import DiaCatalogue, detect_dia_sources
 
 SIZE = 128
 
@@ -81,3 +82,25 @@ def test_the_catalogue_round_trips_through_arrow() -> None:
         np.testing.assert_array_equal(getattr(back.sources, name), getattr(found.sources, name))
     for name in ("ixx_px2", "shape_flag", "is_dipole", "dipole_mean_flux_e", "negative_y_px"):
         np.testing.assert_array_equal(getattr(back.measurements, name), getattr(found.measurements, name))
+
+
+def test_psf_fluxes_are_unbiased_optimal_and_flagged_off_the_image() -> None:
+    rng = np.random.default_rng(5)
+    sigma_x, sigma_y, rho, flux = 2.0, 1.4, 0.3, 4000.0
+    covariance = (sigma_x**2, sigma_y**2, rho * sigma_x * sigma_y)
+    positions = [(30.2, 40.7), (90.5, 60.1), (50.0, 100.3), (100.8, 20.4)]
+    source = sum(_gaussian(x, y, sigma_x, sigma_y, rho) for x, y in positions)
+    peak_to_flux = 2 * np.pi * sigma_x * sigma_y * np.sqrt(1 - rho**2)
+    fluxes, errors = [], []
+    for _ in range(20):
+        image = (rng.standard_normal((SIZE, SIZE)) * 10.0 + flux / peak_to_flux * source).astype(np.float32)
+        x, y = np.array([p[0] for p in positions] + [1.0]), np.array([p[1] for p in positions] + [64.0])
+        found, error, flag = psf_flux(image, 10.0, x, y, covariance)
+        assert not flag[:4].any() and flag[4] and np.isnan(found[4])  # the last one's stamp leaves the image
+        fluxes.append(found[:4])
+        errors.append(error[:4])
+    # The optimal error of a Gaussian PSF fit: rms * sqrt(4 pi sqrt(det C)).
+    expected_error = 10.0 * np.sqrt(4 * np.pi * sigma_x * sigma_y * np.sqrt(1 - rho**2))
+    assert np.allclose(errors, expected_error, rtol=0.01)
+    assert np.mean(fluxes) == pytest.approx(flux, abs=3 * expected_error / np.sqrt(80))
+    assert np.std(fluxes) == pytest.approx(expected_error, rel=0.25)

@@ -17,6 +17,7 @@ from prompt_processing.apdb.db import init_apdb
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.imaging.calibration import CalibrationError
+from prompt_processing.imaging.psf import FWHM_PER_SIGMA
 from prompt_processing.model import sky
 from prompt_processing.model.instruments import LATISS, LSSTCAM, Instrument
 from prompt_processing.pipelines.calibrate import wcs_from_cards
@@ -93,8 +94,12 @@ def test_alert_production_runs_every_task_and_packages_alerts(
     centre = (SHAPE_PX[1] - 1) / 2, (SHAPE_PX[0] - 1) / 2
     true_centre = SkyCoord(*scene.true_wcs.pixel_to_world_values(*centre), unit="deg")
     found_centre = SkyCoord(*fitted.pixel_to_world_values(*centre), unit="deg")
-    assert true_centre.separation(found_centre).arcsec < 0.1 * scale_arcsec  # the fit found the true WCS
+    # The fit found the true WCS: 0.01-0.07 px off over 12 visits (some 40 stars at this size).
+    assert true_centre.separation(found_centre).arcsec < 0.15 * scale_arcsec
     assert abs(summary["psf_fwhm_px"] - scene.seeing_fwhm_px) < 0.3
+    xx, yy, xy = summary["psf_model_px2"]  # the simulator's PSF is round: (s^2, s^2, 0)
+    sigma2 = (scene.seeing_fwhm_px / FWHM_PER_SIGMA) ** 2
+    assert xx == pytest.approx(sigma2, rel=0.1) and yy == pytest.approx(sigma2, rel=0.1) and abs(xy) < 0.05 * sigma2
     assert 27.7 < summary["zero_point_mag"] < 28.1  # nominal 28, less a transparency of 0.85-1
 
 

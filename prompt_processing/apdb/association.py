@@ -50,14 +50,15 @@ class Association:
 
 def dia_sources(
     where: VisitDetector, found: DiaCatalogue, wcs: WCS, *, flux_njy_per_e: float, processed_mjd_tai: float,
-    aperture_radius_px: float, cutout_size_px: int, psf_sigma_px: float,
+    aperture_radius_px: float, cutout_size_px: int, psf_model_px2: tuple[float, float, float],
 ) -> pd.DataFrame:  # fmt: skip
     """One DiaSource row per catalogue row (index = its place in the catalogue, which names its id).
 
     ``flux_njy_per_e`` converts the catalogue's fluxes (e-) to nJy (the zero point); pixel (x, y) are
     0-based like the catalogue's; moments and dipole lengths go to arcsec through the WCS's local
     scale, dipole angles are bearings (east of north) from the negative to the positive lobe. The
-    PSF's moments (``ixxPSF``...) are the circular Gaussian of ``psf_sigma_px``. ValueError if the
+    PSF's moments (``ixxPSF``...) are the visit image's PSF model, ``psf_model_px2`` (xx, yy, xy).
+    ``psfFlux`` is the PSF fit's, ``apFlux`` the aperture's; ``snr`` the PSF fit's. ValueError if the
     catalogue has more rows than an id can number.
     """
     catalogue, shapes = found.sources, found.measurements
@@ -73,7 +74,11 @@ def dia_sources(
     masked = (catalogue.aperture_flags & sep.APER_HASMASKED) != 0
     jacobian = wcs.pixel_scale_matrix * 3600.0  # arcsec per px, (ra, dec) by (x, y)
     ixx, iyy, ixy = _to_sky(shapes.ixx_px2, shapes.iyy_px2, shapes.ixy_px2, jacobian)
-    psf_xx, psf_yy, psf_xy = _to_sky(np.full(n, psf_sigma_px**2), np.full(n, psf_sigma_px**2), np.zeros(n), jacobian)
+    model_xx, model_yy, model_xy = psf_model_px2
+    psf_xx, psf_yy, psf_xy = _to_sky(np.full(n, model_xx), np.full(n, model_yy), np.full(n, model_xy), jacobian)
+    psf_njy, psf_err_njy = shapes.psf_flux_e * flux_njy_per_e, shapes.psf_flux_err_e * flux_njy_per_e
+    psf_snr = np.divide(shapes.psf_flux_e, shapes.psf_flux_err_e, out=np.full(n, np.nan),
+                        where=shapes.psf_flux_err_e > 0)  # fmt: skip
     length_arcsec, angle_deg = _dipole_geometry(shapes, wcs, jacobian)
     return pd.DataFrame({
         "diaSourceId": np.array(ids, dtype=np.int64),
@@ -83,10 +88,9 @@ def dia_sources(
         "x": catalogue.x_px.astype(np.float32), "y": catalogue.y_px.astype(np.float32),
         "apFlux": flux_njy.astype(np.float32), "apFluxErr": flux_err_njy.astype(np.float32),
         "apFlux_flag": truncated | masked, "apFlux_flag_apertureTruncated": truncated,
-        # The aperture flux is corrected to total for the PSF model; no PSF fit is made (yet).
-        "psfFlux": flux_njy.astype(np.float32), "psfFluxErr": flux_err_njy.astype(np.float32),
-        "psfNdata": np.int32(round(np.pi * aperture_radius_px**2)),
-        "snr": catalogue.snr.astype(np.float32), "isNegative": catalogue.flux_e < 0,
+        "psfFlux": psf_njy.astype(np.float32), "psfFluxErr": psf_err_njy.astype(np.float32),
+        "psfFlux_flag": shapes.psf_flag.astype(bool), "psfNdata": np.int32(round(np.pi * aperture_radius_px**2)),
+        "snr": psf_snr.astype(np.float32), "isNegative": catalogue.flux_e < 0,
         "ixx": ixx.astype(np.float32), "iyy": iyy.astype(np.float32), "ixy": ixy.astype(np.float32),
         "ixxPSF": psf_xx.astype(np.float32), "iyyPSF": psf_yy.astype(np.float32), "ixyPSF": psf_xy.astype(np.float32),
         "shape_flag": shapes.shape_flag.astype(bool),

@@ -1,7 +1,8 @@
 """Image calibration against a reference catalogue: the PSF's width, the astrometric fit, the zero point.
 
 Pure functions on arrays and astropy WCSs, no I/O. ``psf_fwhm_px`` measures the seeing from bright
-stars (the ratio of their fluxes in two apertures, for a Gaussian PSF); ``fit_wcs`` finds the
+stars (the ratio of their fluxes in two apertures, for a Gaussian PSF), ``psf_model_px2`` the PSF
+model from their adaptive second moments (an elliptical Gaussian); ``fit_wcs`` finds the
 detected stars' reference counterparts (a pointing offset searched first, then nearest neighbours)
 and fits a TAN WCS to them (``astropy.wcs.utils.fit_wcs_from_points``), twice; ``fit_zero_point``
 is the clipped median of the matched stars' reference magnitude against their count rate.
@@ -20,7 +21,7 @@ from astropy.wcs.utils import fit_wcs_from_points
 from scipy.optimize import brentq
 from scipy.spatial import cKDTree
 
-from prompt_processing.imaging.catalogue import Catalogue
+from prompt_processing.imaging.catalogue import Catalogue, second_moments
 from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage, finite_or_zero
 
 AB_NJY_ZERO_POINT = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
@@ -45,10 +46,9 @@ class AstrometricFit:
     ref_index: np.ndarray  # and of the reference catalogue, pair by pair
 
 
-def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, max_stars: int = 200) -> float:
-    """The seeing FWHM (px) from the brightest isolated stars of ``stars`` on the background-subtracted
-    ``image``: the median over stars of the Gaussian width whose 2.5 px / 8 px aperture flux ratio
-    matches theirs. CalibrationError with fewer than 5 usable stars."""
+def psf_stars(stars: Catalogue, *, min_snr: float = 30.0, max_stars: int = 200) -> np.ndarray:
+    """Indices of the brightest (S/N >= ``min_snr``) stars with no other source within 16 px, brightest
+    first, at most ``max_stars``: the stars the PSF is measured on. CalibrationError with fewer than 5."""
     bright = np.flatnonzero(stars.snr >= min_snr)
     if len(bright) > 1:
         tree = cKDTree(np.column_stack([stars.x_px, stars.y_px]))
@@ -57,6 +57,14 @@ def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, m
     bright = bright[np.argsort(-stars.snr[bright])][:max_stars]
     if len(bright) < 5:
         raise CalibrationError(f"{len(bright)} bright isolated stars: too few to measure the PSF")
+    return bright
+
+
+def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, max_stars: int = 200) -> float:
+    """The seeing FWHM (px) from the brightest isolated stars of ``stars`` (``psf_stars``) on the
+    background-subtracted ``image``: the median over stars of the Gaussian width whose 2.5 px / 8 px
+    aperture flux ratio matches theirs. CalibrationError with fewer than 5 usable stars."""
+    bright = psf_stars(stars, min_snr=min_snr, max_stars=max_stars)
     data = np.ascontiguousarray(finite_or_zero(image))
     mask = ~np.isfinite(image)  # saturated or dead pixels: a star touching one is not measured
     x, y = stars.x_px[bright], stars.y_px[bright]
@@ -71,6 +79,18 @@ def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, m
         raise CalibrationError(f"{len(sigmas)} stars with whole, unmasked, star-like apertures: too few to "
                                f"measure the PSF")  # fmt: skip
     return float(np.median(sigmas)) * FWHM_PER_SIGMA
+
+
+def psf_model_px2(image: FloatImage, stars: Catalogue, fwhm_px: float) -> tuple[float, float, float]:
+    """The PSF model: the elliptical Gaussian (covariance xx, yy, xy in px^2) whose adaptive second moments
+    are the median of those of the PSF stars (``psf_stars``) with whole, unmasked stamps, weighted by a
+    Gaussian of ``fwhm_px``. CalibrationError with fewer than 5 such stars."""
+    bright = psf_stars(stars)
+    ixx, iyy, ixy, flag = second_moments(image, stars.x_px[bright], stars.y_px[bright], np.ones(len(bright)),
+                                         sigma_px=fwhm_px / FWHM_PER_SIGMA)  # fmt: skip
+    if int((~flag).sum()) < 5:
+        raise CalibrationError(f"{int((~flag).sum())} stars with measurable shapes: too few for the PSF model")
+    return float(np.median(ixx[~flag])), float(np.median(iyy[~flag])), float(np.median(ixy[~flag]))
 
 
 def _enclosed_ratio(sigma_px: float) -> float:

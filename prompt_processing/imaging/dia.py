@@ -9,7 +9,6 @@ moments. Pure functions on arrays, no I/O.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -23,6 +22,8 @@ from prompt_processing.imaging.catalogue import (
     Rms,
     find_peaks,
     measure,
+    psf_flux,
+    second_moments,
     significance,
 )
 from prompt_processing.imaging.psf import FloatArray, FloatImage, sigma_from_fwhm
@@ -30,23 +31,26 @@ from prompt_processing.imaging.psf import FloatArray, FloatImage, sigma_from_fwh
 DIPOLE_RADIUS_FWHM = 2.0  # opposite-sign lobes closer than this (in PSF FWHM) make a dipole
 MAX_REFERENCE_RATIO = 0.1  # a diaSource fainter than 10% of the star under it is a residual
 UNMEASURABLE = sep.APER_TRUNC | sep.APER_HASMASKED
-MOMENT_REACH_SIGMA = 3.0  # the moments' stamp reaches 3 weight-sigma from the centroid
 
 
 @dataclass(frozen=True, eq=False)
 class DiaMeasurements:
     """Per DIA source, in its catalogue's row order: adaptive second moments (px^2; for a Gaussian of
     sigma s, ``ixx = iyy = s^2``) and ``shape_flag`` when they could not be measured (stamp off the
-    image or on NaN, no positive light, not an ellipse); ``is_dipole`` with the lobes' mean absolute
+    image or on NaN, no positive light, not an ellipse); the PSF-fit flux and its error (e-;
+    ``psf_flag`` and NaN when the fit's stamp leaves the image); ``is_dipole`` with the lobes' mean absolute
     flux and the difference of their absolute fluxes (e-, positive minus negative), the lobes'
     positions (px; NaN for a source that is not a dipole). The lobes are measured where they were
     detected, not fitted as a pair: close lobes push each other's centroid apart (0.6 px for lobes of
-    1.5 px sigma 5 px apart) and hold some of each other's light in their apertures."""
+    1.5 px sigma 5 px apart) and lend each other opposite light in their fits."""
 
     ixx_px2: FloatArray
     iyy_px2: FloatArray
     ixy_px2: FloatArray
     shape_flag: BoolArray
+    psf_flux_e: FloatArray
+    psf_flux_err_e: FloatArray
+    psf_flag: BoolArray
     is_dipole: BoolArray
     dipole_mean_flux_e: FloatArray
     dipole_flux_diff_e: FloatArray
@@ -92,14 +96,17 @@ def detect_dia_sources(
     threshold_sigma: float,
     kernel_fwhm_px: float,
     reference: FloatImage | None = None,
+    psf_covariance_px2: tuple[float, float, float] | None = None,
 ) -> DiaCatalogue:
     """DIA sources of a difference image (see the module's docstring).
 
-    Dropped, not returned: sources whose aperture leaves the image or touches a NaN pixel (no data,
-    such as the edges the subtraction blanks) and, when ``reference`` (the subtracted star light, same
-    units) is given, sources fainter than 10% of the reference flux under them (residuals of bright
-    stars; a misaligned star's dipole goes with them). ``rms`` should include the Poisson noise of the
-    subtracted stars.
+    Each is measured with an aperture (``sources``) and by fitting the PSF model, an elliptical Gaussian
+    of ``psf_covariance_px2`` = (xx, yy, xy) px^2 (the difference image's PSF; circular of
+    ``kernel_fwhm_px`` when not given). Dropped, not returned: sources whose aperture leaves the image or
+    touches a NaN pixel (no data, such as the edges the subtraction blanks) and, when ``reference`` (the
+    subtracted star light, same units) is given, sources fainter than 10% of the reference flux under
+    them (residuals of bright stars; a misaligned star's dipole goes with them). ``rms`` should include
+    the Poisson noise of the subtracted stars.
     """
     snr_map = significance(diff, rms, kernel_fwhm_px=kernel_fwhm_px)
     positive_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
@@ -107,10 +114,10 @@ def detect_dia_sources(
     negative_xy = find_peaks(snr_map, threshold_sigma=threshold_sigma)
     positive = measure(diff, rms, *positive_xy, kernel_fwhm_px=kernel_fwhm_px)
     negative = measure(diff, rms, *negative_xy, kernel_fwhm_px=kernel_fwhm_px)
-    pos_index, neg_index = _dipole_pairs(positive, negative, DIPOLE_RADIUS_FWHM * kernel_fwhm_px)
-    single_pos = np.setdiff1d(np.arange(len(positive)), pos_index)
-    single_neg = np.setdiff1d(np.arange(len(negative)), neg_index)
-    found = _merge(positive, negative, pos_index, neg_index, single_pos, single_neg, diff, rms, kernel_fwhm_px)
+    sigma2 = sigma_from_fwhm(kernel_fwhm_px) ** 2
+    covariance = psf_covariance_px2 or (sigma2, sigma2, 0.0)
+    found = _merge(positive, negative, _dipole_pairs(positive, negative, DIPOLE_RADIUS_FWHM * kernel_fwhm_px),
+                   diff, rms, kernel_fwhm_px, covariance)  # fmt: skip
     keep = (found.sources.aperture_flags & UNMEASURABLE) == 0
     if reference is not None and keep.any():
         under = measure(reference, 1.0, found.sources.x_px, found.sources.y_px, kernel_fwhm_px=kernel_fwhm_px)
@@ -139,72 +146,35 @@ def _dipole_pairs(positive: Catalogue, negative: Catalogue, radius_px: float) ->
     return np.array([p for p, _ in pairs], dtype=np.int64), np.array([n for _, n in pairs], dtype=np.int64)
 
 
-def _merge(positive: Catalogue, negative: Catalogue, pos_index: IntArray, neg_index: IntArray, single_pos: IntArray,
-           single_neg: IntArray, diff: FloatImage, rms: Rms, kernel_fwhm_px: float) -> DiaCatalogue:  # fmt: skip
-    """Single sources of both signs, then one source per dipole pair (at the lobes' midpoint, measured
-    there with an aperture reaching both lobes), each with its measurements."""
+def _merge(positive: Catalogue, negative: Catalogue, pairs: tuple[IntArray, IntArray], diff: FloatImage, rms: Rms,
+           kernel_fwhm_px: float, covariance: tuple[float, float, float]) -> DiaCatalogue:  # fmt: skip
+    """Single sources of both signs, then one source per dipole pair (at the lobes' midpoint; its fluxes
+    the lobes' sums, its aperture flags theirs and the midpoint aperture's), each with its measurements."""
+    pos_index, neg_index = pairs
     p, n = positive.select(pos_index), negative.select(neg_index)
+    singles = Catalogue.concatenate([positive.select(np.setdiff1d(np.arange(len(positive)), pos_index)),
+                                     negative.select(np.setdiff1d(np.arange(len(negative)), neg_index))])  # fmt: skip
     mid_x, mid_y = (p.x_px + n.x_px) / 2, (p.y_px + n.y_px) / 2
-    dipoles = measure(diff, rms, mid_x, mid_y, kernel_fwhm_px=kernel_fwhm_px)
-    # The net flux is the lobes' sum (the aperture at the midpoint holds parts of both: its flags are kept).
-    dipoles = Catalogue(mid_x, mid_y, p.flux_e + n.flux_e, np.hypot(p.flux_err_e, n.flux_err_e),
-                        np.divide(p.flux_e + n.flux_e, np.hypot(p.flux_err_e, n.flux_err_e)),
-                        dipoles.aperture_flags | p.aperture_flags | n.aperture_flags)  # fmt: skip
-    singles = Catalogue.concatenate([positive.select(single_pos), negative.select(single_neg)])
+    middle = measure(diff, rms, mid_x, mid_y, kernel_fwhm_px=kernel_fwhm_px)
+    net_error = np.hypot(p.flux_err_e, n.flux_err_e)
+    dipoles = Catalogue(mid_x, mid_y, p.flux_e + n.flux_e, net_error, np.divide(p.flux_e + n.flux_e, net_error),
+                        middle.aperture_flags | p.aperture_flags | n.aperture_flags)  # fmt: skip
     n_single, n_dipoles = len(singles), len(dipoles)
     ixx, iyy, ixy, shape_flag = second_moments(diff, singles.x_px, singles.y_px, np.sign(singles.flux_e),
                                                sigma_px=sigma_from_fwhm(kernel_fwhm_px))  # fmt: skip
+    psf, psf_error, psf_flag = psf_flux(diff, rms, singles.x_px, singles.y_px, covariance)
+    lobes = [psf_flux(diff, rms, lobe.x_px, lobe.y_px, covariance) for lobe in (p, n)]
     nan, no_shape = np.full(n_single, np.nan), np.full(n_dipoles, np.nan)  # two lobes are not an ellipse
     measurements = DiaMeasurements(
         np.concatenate([ixx, no_shape]), np.concatenate([iyy, no_shape]), np.concatenate([ixy, no_shape]),
         np.concatenate([shape_flag, np.ones(n_dipoles, bool)]),
+        psf_flux_e=np.concatenate([psf, lobes[0][0] + lobes[1][0]]),
+        psf_flux_err_e=np.concatenate([psf_error, np.hypot(lobes[0][1], lobes[1][1])]),
+        psf_flag=np.concatenate([psf_flag, lobes[0][2] | lobes[1][2]]),
         is_dipole=np.concatenate([np.zeros(n_single, bool), np.ones(n_dipoles, bool)]),
-        dipole_mean_flux_e=np.concatenate([nan, (p.flux_e - n.flux_e) / 2]),
-        dipole_flux_diff_e=np.concatenate([nan, p.flux_e + n.flux_e]),
+        dipole_mean_flux_e=np.concatenate([nan, (lobes[0][0] - lobes[1][0]) / 2]),
+        dipole_flux_diff_e=np.concatenate([nan, lobes[0][0] + lobes[1][0]]),
         positive_x_px=np.concatenate([nan, p.x_px]), positive_y_px=np.concatenate([nan, p.y_px]),
         negative_x_px=np.concatenate([nan, n.x_px]), negative_y_px=np.concatenate([nan, n.y_px]),
     )  # fmt: skip
     return DiaCatalogue(Catalogue.concatenate([singles, dipoles]), measurements)
-
-
-def second_moments(image: FloatImage, x_px: FloatArray, y_px: FloatArray, sign: FloatArray, *,
-                   sigma_px: float) -> tuple[FloatArray, FloatArray, FloatArray, BoolArray]:  # fmt: skip
-    """Adaptive second moments (ixx, iyy, ixy in px^2) of ``sign * image`` about each (x, y), and a flag.
-
-    Moments weighted by a circular Gaussian of ``sigma_px`` (the PSF's), corrected for the weight:
-    for a Gaussian source of covariance C, the weighted moments are (C^-1 + W^-1)^-1, so C is exact for
-    Gaussian sources. Flagged (NaN moments): the stamp leaves the image or holds a NaN, no positive
-    weighted light, or a result that is not an ellipse (a dipole's, for instance).
-    """
-    n = len(x_px)
-    ixx, iyy, ixy = (np.full(n, np.nan) for _ in range(3))
-    flag = np.ones(n, dtype=bool)
-    if n == 0:
-        return ixx, iyy, ixy, flag
-    half = math.ceil(MOMENT_REACH_SIGMA * sigma_px)
-    offsets = np.arange(-half, half + 1)
-    cx, cy = np.rint(x_px).astype(np.int64), np.rint(y_px).astype(np.int64)
-    rows, columns = image.shape
-    inside = (cx - half >= 0) & (cx + half < columns) & (cy - half >= 0) & (cy + half < rows)
-    index = np.flatnonzero(inside)
-    stamps = image[(cy[index, None] + offsets)[:, :, None], (cx[index, None] + offsets)[:, None, :]]
-    stamps = stamps.astype(np.float64) * sign[index, None, None]
-    dx = (cx[index, None] + offsets)[:, None, :] - x_px[index, None, None]
-    dy = (cy[index, None] + offsets)[:, :, None] - y_px[index, None, None]
-    light = stamps * np.exp(-0.5 * (dx**2 + dy**2) / sigma_px**2)
-    total = light.sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mxx = (light * dx * dx).sum(axis=(1, 2)) / total
-        myy = (light * dy * dy).sum(axis=(1, 2)) / total
-        mxy = (light * dx * dy).sum(axis=(1, 2)) / total
-        determinant = mxx * myy - mxy**2
-        # C^-1 = M^-1 - W^-1, with W = sigma^2 I.
-        pxx, pyy, pxy = myy / determinant - sigma_px**-2, mxx / determinant - sigma_px**-2, -mxy / determinant
-        precision_det = pxx * pyy - pxy**2
-    good = np.isfinite(total) & (total > 0) & (determinant > 0) & (pxx > 0) & (precision_det > 0)
-    good &= np.isfinite(precision_det)
-    ixx[index[good]] = pyy[good] / precision_det[good]
-    iyy[index[good]] = pxx[good] / precision_det[good]
-    ixy[index[good]] = -pxy[good] / precision_det[good]
-    flag[index[good]] = False
-    return ixx, iyy, ixy, flag

@@ -37,7 +37,6 @@ from prompt_processing.apdb import association
 from prompt_processing.apdb.db import cached_apdb
 from prompt_processing.butler.instruments import band
 from prompt_processing.imaging.dia import DiaCatalogue
-from prompt_processing.imaging.psf import FWHM_PER_SIGMA
 from prompt_processing.pipelines.calibrate import wcs_from_cards
 from prompt_processing.pipelines.connections import VISIT_DETECTOR, visit_connection
 
@@ -99,12 +98,13 @@ class AssociateTask(PipelineTask):
                 raise ValueError(f"{detected.num_rows} DIA sources, more than max_dia_sources "
                                  f"({self.config.max_dia_sources}): a bad subtraction?")  # fmt: skip
             zero_point, exposure_s = summary["zero_point_mag"], summary["exposure_time_s"]
+            xx, yy, xy = summary["psf_model_px2"]
             rows = association.dia_sources(
                 where, DiaCatalogue.from_arrow(detected), wcs,
                 flux_njy_per_e=10 ** ((31.4 - zero_point) / 2.5) / exposure_s,
                 processed_mjd_tai=float(astropy.time.Time(time.time(), format="unix").tai.mjd),
                 aperture_radius_px=self.config.aperture_radius_px, cutout_size_px=self.config.cutout_size_px,
-                psf_sigma_px=float(summary["psf_fwhm_px"]) / FWHM_PER_SIGMA,
+                psf_model_px2=(float(xx), float(yy), float(xy)),
             )  # fmt: skip
             joined = association.associate(rows, apdb.getDiaObjects(region), radius_arcsec=self.config.radius_arcsec)
             sources, objects = joined.sources, joined.objects

@@ -187,7 +187,8 @@ class DetectAndMeasureTask(PipelineTask):
         noise = difference_rms(difference_summary["rms_e"], matched.array, gain_e_per_adu=self.config.gain_e_per_adu)
         found = detect_dia_sources(difference.array, noise, threshold_sigma=self.config.threshold_sigma,
                                    kernel_fwhm_px=difference_fwhm_px(summary, difference_summary),
-                                   reference=matched.array)  # fmt: skip
+                                   reference=matched.array,
+                                   psf_covariance_px2=difference_psf_px2(summary, difference_summary))  # fmt: skip
         self.metadata["n_dipoles"] = int(found.measurements.is_dipole.sum())
         return Struct(dia_sources=found.to_arrow())
 
@@ -199,3 +200,13 @@ def difference_fwhm_px(summary: dict[str, Any], difference_summary: dict[str, An
     if difference_summary["convolved"] == "science":
         fwhm = math.hypot(fwhm, float(difference_summary["kernel_sigma_px"]) * FWHM_PER_SIGMA)
     return fwhm
+
+
+def difference_psf_px2(summary: dict[str, Any], difference_summary: dict[str, Any]) -> tuple[float, float, float]:
+    """The difference image's PSF model (covariance xx, yy, xy in px^2): the visit image's, broadened by
+    the matching kernel's variance when that was applied to it."""
+    xx, yy, xy = (float(v) for v in summary["psf_model_px2"])
+    if difference_summary["convolved"] == "science":
+        kernel_px2 = float(difference_summary["kernel_sigma_px"]) ** 2
+        xx, yy = xx + kernel_px2, yy + kernel_px2
+    return xx, yy, xy
