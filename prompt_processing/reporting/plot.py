@@ -14,7 +14,9 @@ import numpy as np
 
 from prompt_processing.reporting.night import REQUIREMENT_S, STATUSES, Night
 
-BIN_S = 60.0  # the time panels count per minute
+BIN_S = 60.0  # the time panels count per minute,
+SHORT_BIN_S = 10.0  # or per 10 s for a night shorter than
+SHORT_NIGHT_S = 600.0  # ten minutes (a demo), which would otherwise be one bar
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -22,7 +24,8 @@ COLORS = {"succeeded": "tab:green", "failed": "tab:red", "ignored": "tab:gray"}
 
 
 def plot_night(night: Night, path: Path) -> Path:
-    """Write the night's figure (PNG) to ``path``: latency histogram + CDF, activators and outcomes per minute."""
+    """Write the night's figure (PNG) to ``path``: latency histogram + CDF, activators and outcomes per minute
+    (per 10 s when the outcomes span less than ten minutes)."""
     try:
         import matplotlib
 
@@ -33,19 +36,23 @@ def plot_night(night: Night, path: Path) -> Path:
     figure, (latency, activators, outcomes) = plt.subplots(3, 1, figsize=(9, 10), constrained_layout=True)
     figure.suptitle(f"{night.instrument} night {night.day_obs}: {len(night.latest)} visit-detectors")
     _latency(latency, night.latencies_s())
-    start = min((o.recorded_at for o in night.latest.values()), default=0.0)
-    minutes = {key: int((o.recorded_at - start) // BIN_S) for key, o in night.latest.items()}
-    span = range(max(minutes.values(), default=0) + 1)
-    working = [len({night.latest[k].processed_by for k, m in minutes.items() if m == minute}) for minute in span]
-    activators.step(list(span), working, where="mid", color="tab:blue")
-    activators.set(ylabel="activators with an outcome", xlabel="minutes into the night's outcomes", ylim=(0, None))
+    times = [o.recorded_at for o in night.latest.values()]
+    start = min(times, default=0.0)
+    bin_s = BIN_S if max(times, default=0.0) - start >= SHORT_NIGHT_S else SHORT_BIN_S
+    bins = {key: int((o.recorded_at - start) // bin_s) for key, o in night.latest.items()}
+    span = range(max(bins.values(), default=0) + 1)
+    x_min = [i * bin_s / 60 for i in span]
+    working = [len({night.latest[k].processed_by for k, b in bins.items() if b == i}) for i in span]
+    activators.step(x_min, working, where="mid", color="tab:blue", marker="o")  # a marker: one bin shows too
+    xlabel = f"minutes into the night's outcomes ({bin_s:.0f} s bins)"
+    activators.set(ylabel="activators with an outcome", xlabel=xlabel, ylim=(0, None))
     bottom = np.zeros(len(span))
     for status in STATUSES:
-        per_minute = Counter(m for k, m in minutes.items() if night.latest[k].status == status)
-        heights = np.array([per_minute.get(minute, 0) for minute in span], dtype=float)
-        outcomes.bar(list(span), heights, bottom=bottom, color=COLORS[status], label=status, width=0.9)
+        per_bin = Counter(b for k, b in bins.items() if night.latest[k].status == status)
+        heights = np.array([per_bin.get(i, 0) for i in span], dtype=float)
+        outcomes.bar(x_min, heights, bottom=bottom, color=COLORS[status], label=status, width=0.9 * bin_s / 60)
         bottom += heights
-    outcomes.set(ylabel="visit-detectors", xlabel="minutes into the night's outcomes")
+    outcomes.set(ylabel="visit-detectors", xlabel=xlabel)
     outcomes.legend(loc="upper right")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
