@@ -1,4 +1,5 @@
-"""Source catalogues: detection with sep, aperture photometry, Arrow conversion, truth matching."""
+"""Source catalogues: detection with sep, windowed centroids, aperture and PSF-fit photometry, adaptive
+second moments, Arrow conversion, truth matching."""
 
 from __future__ import annotations
 

@@ -161,7 +161,7 @@ class DetectAndMeasureConnections(PipelineTaskConnections, dimensions=VISIT_DETE
     difference = visit_connection("difference_image", "ImageV2", "The difference image (e-).")
     matched = visit_connection("template_matched", "ImageV2", "The subtracted light (e-).")
     difference_summary = visit_connection("difference_summary", "StructuredDataDict", "rms of the difference.")
-    summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's PSF width.")
+    summary = visit_connection("prompt_visit_summary", "StructuredDataDict", "The visit image's PSF width and model.")
     dia_sources = ct.Output(name="dia_source_detector", storageClass="ArrowTable", dimensions=VISIT_DETECTOR,
                             doc="DIA sources (positive, negative, dipoles), with shapes; not associated.")  # fmt: skip
 
