@@ -260,8 +260,13 @@ class ActivatorSettings(BaseModel):
 class VisitSettings(BaseModel):
     """The steps of one visit-detector (preload, wait_for_images, process, publish), wherever they run."""
 
+    image_wait_exposures: float = Field(
+        2.0, ge=0, description="The wait for a visit's images lasts this many exposure times plus image_timeout_s, "
+        "counted from the shutter opening (Rubin's rule: exposure x 2 + 120 s).",
+    )
     image_timeout_s: float = Field(
-        20.0, ge=0, description="Extra wait for images beyond 2 x exposure, counted from the shutter opening."
+        120.0, ge=0, description="Extra wait for images beyond image_wait_exposures x exposure, counted from the "
+        "shutter opening: an object-store or transfer outage shorter than this loses no visit.",
     )
     step_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
     step_retry_delay_s: float = Field(0.5, ge=0, description="Pause before a step's retry.")

@@ -38,15 +38,16 @@ def wait_for_images(
     ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector: int
 ) -> RawImages:
     """Presence first (landed before we looked), then a blocking wait on the router's arrival
-    list, then a final re-check; then download and ingest. The wait ends ``2 * duration +
-    image_timeout_s`` after the shutter opens: ImageTimeout (non-retriable) names the visit,
-    detector and snap. A visit picked up after that (a late delivery, a rerun the next morning) is
-    checked once and fails at once if its image never landed. Redis, S3 or Butler outages are
-    RetriableError; a raw that is not a readable FITS file, or whose header disagrees with the
-    visit (another group, detector, snap or filter), is a NonRetriableError saying so.
+    list, then a final re-check; then download and ingest. The wait ends ``image_wait_exposures *
+    duration + image_timeout_s`` after the shutter opens (Rubin's exposure x 2 + 120 s by default):
+    ImageTimeout (non-retriable) names the visit, detector and snap. A visit picked up after that (a
+    late delivery, a rerun the next morning) is checked once and fails at once if its image never
+    landed. Redis, S3 or Butler outages are RetriableError; a raw that is not a readable FITS file, or
+    whose header disagrees with the visit (another group, detector, snap or filter), is a
+    NonRetriableError saying so.
     """
     instrument, group = visit.instrument, visit.groupId
-    timeout_s = 2 * visit.duration + ctx.settings.visit.image_timeout_s
+    timeout_s = ctx.settings.visit.image_wait_exposures * visit.duration + ctx.settings.visit.image_timeout_s
     deadline = visit.startTime - TAI_MINUS_UTC_S + timeout_s
     refs, records, landed, waited_s, visit_id = [], [], [], 0.0, 0
     for snap in range(max(visit.nimages, 1)):

@@ -103,7 +103,7 @@ def pipeline(
         "instruments": {"LATISS": InstrumentSettings()},
         "queue": QueueSettings(claim_idle_s=1.0),
         "activator": ActivatorSettings(idle_timeout_s=4.0, block_s=0.2),
-        "visit": VisitSettings(image_timeout_s=2.0, step_retries=0),
+        "visit": VisitSettings(image_wait_exposures=4.0, image_timeout_s=2.0, step_retries=0),
     })  # fmt: skip
     for name, value in flow_run_env(settings).items():
         monkeypatch.setenv(name, value)  # what the flow runs' Settings() will read
@@ -187,13 +187,13 @@ def test_image_already_there_before_the_activator_starts(pipeline: Pipeline) -> 
 
 
 def test_image_never_arrives_fails_clearly_and_is_final(pipeline: Pipeline) -> None:
-    pipeline.announce("no-image", duration_s=0.5)  # wait ends 2 x 0.5 + 2 s after the shutter opened
+    pipeline.announce("no-image", duration_s=0.5)  # wait ends 4 x 0.5 + 2 s after the shutter opened
     thread, counts = _activator_in_thread()
     thread.join(60)
     assert counts["failed"] == 1
     (result,) = pipeline.results()
     assert result["status"] == "failed"
-    assert "no raw image for LATISS visit no-image detector 0 snap 0 within 3 s" in result["reason"]
+    assert "no raw image for LATISS visit no-image detector 0 snap 0 within 4 s" in result["reason"]
     stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
     assert pipeline.redis.xpending(stream, group)["pending"] == 0  # final: acknowledged, not retried
     name_filter = TaskRunFilter(name=TaskRunFilterName(any_=["LATISS-no-image-det000"]))
@@ -214,7 +214,7 @@ def test_a_raw_whose_sidecar_never_came_fails_saying_so(pipeline: Pipeline) -> N
     assert counts["failed"] == 1
     (result,) = pipeline.results()
     assert result["stopped_at"] == "wait_for_images"
-    assert "landed, but its sidecar" in result["reason"] and "never did within 3 s" in result["reason"], result
+    assert "landed, but its sidecar" in result["reason"] and "never did within 4 s" in result["reason"], result
 
 
 def test_corrupt_fits_is_a_non_retriable_failure(pipeline: Pipeline) -> None:
