@@ -21,8 +21,8 @@ from astropy.wcs.utils import fit_wcs_from_points
 from scipy.optimize import brentq
 from scipy.spatial import cKDTree
 
-from prompt_processing.imaging.catalogue import Catalogue, second_moments
-from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage, finite_or_zero
+from prompt_processing.imaging.catalogue import Catalogue, sanitised, second_moments
+from prompt_processing.imaging.psf import FWHM_PER_SIGMA, FloatImage
 
 AB_NJY_ZERO_POINT = 31.4  # m_AB = 31.4 - 2.5 log10(f / nJy)
 _INNER_PX, _OUTER_PX = 2.5, 8.0
@@ -65,8 +65,7 @@ def psf_fwhm_px(image: FloatImage, stars: Catalogue, *, min_snr: float = 30.0, m
     background-subtracted ``image``: the median over stars of the Gaussian width whose 2.5 px / 8 px
     aperture flux ratio matches theirs. CalibrationError with fewer than 5 usable stars."""
     bright = psf_stars(stars, min_snr=min_snr, max_stars=max_stars)
-    data = np.ascontiguousarray(finite_or_zero(image))
-    mask = ~np.isfinite(image)  # saturated or dead pixels: a star touching one is not measured
+    data, mask = sanitised(image)  # saturated or dead pixels: a star touching one is not measured
     x, y = stars.x_px[bright], stars.y_px[bright]
     inner, _, flag_in = sep.sum_circle(data, x, y, _INNER_PX, mask=mask)
     outer, _, flag_out = sep.sum_circle(data, x, y, _OUTER_PX, mask=mask)

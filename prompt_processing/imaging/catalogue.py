@@ -81,7 +81,7 @@ def significance(image: FloatImage, rms: Rms, *, kernel_fwhm_px: float) -> Float
     in sigma of the actual noise, correlated or not.
     """
     kernel = gaussian_kernel_1d(sigma_from_fwhm(kernel_fwhm_px), half_width_sigma=DETECTION_KERNEL_HALF_WIDTH_SIGMA)
-    data, bad = _sanitised(image)
+    data, bad = sanitised(image)
     if np.ndim(rms) == 0:
         result = convolve_separable(data, kernel)
         result /= np.float32(float(rms) * float((kernel**2).sum()))  # sqrt(sum(K^2)) = sum(k^2), K = outer(k, k)
@@ -141,7 +141,7 @@ def measure(
     noise of the sources that should count in the error."""
     if len(x_px) == 0:
         return Catalogue.empty()
-    data, mask = _sanitised(image)
+    data, mask = sanitised(image)
     noise = float(rms) if np.ndim(rms) == 0 else _native(np.asarray(rms))
     radius_px = kernel_fwhm_px
     enclosed = 1.0 - math.exp(-0.5 * (radius_px / sigma_from_fwhm(kernel_fwhm_px)) ** 2)
@@ -162,7 +162,7 @@ def windowed_centroids(image: FloatImage, x_px: FloatArray, y_px: FloatArray, *,
     wanders more than one FWHM (a close neighbour) keeps its detection centroid."""
     if len(x_px) == 0:
         return x_px, y_px
-    data, mask = _sanitised(image)
+    data, mask = sanitised(image)
     x, y, flags = sep.winpos(data, x_px, y_px, sigma_from_fwhm(fwhm_px), mask=mask)
     moved = np.hypot(x - x_px, y - y_px)
     keep = (flags == 0) & np.isfinite(x) & np.isfinite(y) & (moved <= fwhm_px)
@@ -182,20 +182,13 @@ def psf_flux(image: FloatImage, rms: Rms, x_px: FloatArray, y_px: FloatArray,
     determinant = xx * yy - xy**2
     if n == 0 or not determinant > 0:
         return flux, error, flag
-    half = math.ceil(PSF_REACH_SIGMA * math.sqrt(max(xx, yy)))
-    offsets = np.arange(-half, half + 1)
-    cx, cy = np.rint(x_px).astype(np.int64), np.rint(y_px).astype(np.int64)
-    rows, columns = image.shape
-    index = np.flatnonzero((cx - half >= 0) & (cx + half < columns) & (cy - half >= 0) & (cy + half < rows))
-    grid = (cy[index, None] + offsets)[:, :, None], (cx[index, None] + offsets)[:, None, :]
+    index, grid, dx, dy = _stamps(image.shape, x_px, y_px, math.ceil(PSF_REACH_SIGMA * math.sqrt(max(xx, yy))))
     data = image[grid].astype(np.float64)
     noise = np.asarray(rms, dtype=np.float64)[grid] if np.ndim(rms) else np.full(data.shape, float(rms))
     with np.errstate(divide="ignore"):
         weight = 1.0 / np.square(noise)
     weight = np.where(np.isfinite(data) & np.isfinite(weight), weight, 0.0)
     data = np.where(weight > 0, data, 0.0)
-    dx = grid[1] - x_px[index, None, None]
-    dy = grid[0] - y_px[index, None, None]
     model = np.exp(-0.5 * (yy * dx**2 - 2 * xy * dx * dy + xx * dy**2) / determinant) / (
         2 * math.pi * math.sqrt(determinant))  # unit total flux  # fmt: skip
     information = (weight * model**2).sum(axis=(1, 2))
@@ -220,16 +213,8 @@ def second_moments(image: FloatImage, x_px: FloatArray, y_px: FloatArray, sign: 
     flag = np.ones(n, dtype=bool)
     if n == 0:
         return ixx, iyy, ixy, flag
-    half = math.ceil(MOMENT_REACH_SIGMA * sigma_px)
-    offsets = np.arange(-half, half + 1)
-    cx, cy = np.rint(x_px).astype(np.int64), np.rint(y_px).astype(np.int64)
-    rows, columns = image.shape
-    inside = (cx - half >= 0) & (cx + half < columns) & (cy - half >= 0) & (cy + half < rows)
-    index = np.flatnonzero(inside)
-    stamps = image[(cy[index, None] + offsets)[:, :, None], (cx[index, None] + offsets)[:, None, :]]
-    stamps = stamps.astype(np.float64) * sign[index, None, None]
-    dx = (cx[index, None] + offsets)[:, None, :] - x_px[index, None, None]
-    dy = (cy[index, None] + offsets)[:, :, None] - y_px[index, None, None]
+    index, grid, dx, dy = _stamps(image.shape, x_px, y_px, math.ceil(MOMENT_REACH_SIGMA * sigma_px))
+    stamps = image[grid].astype(np.float64) * sign[index, None, None]
     light = stamps * np.exp(-0.5 * (dx**2 + dy**2) / sigma_px**2)
     total = light.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -247,6 +232,19 @@ def second_moments(image: FloatImage, x_px: FloatArray, y_px: FloatArray, sign: 
     ixy[index[good]] = -pxy[good] / precision_det[good]
     flag[index[good]] = False
     return ixx, iyy, ixy, flag
+
+
+def _stamps(shape: tuple[int, ...], x_px: FloatArray, y_px: FloatArray,
+            half: int) -> tuple[IntArray, tuple[IntArray, IntArray], FloatArray, FloatArray]:  # fmt: skip
+    """The sources whose (2 half + 1)^2 stamp about their nearest pixel lies on an image of ``shape``
+    (their indices), the stamps' (rows, columns) index arrays, and each stamp pixel's offset from its
+    source's (x, y) (dx, dy: (n, side, side))."""
+    offsets = np.arange(-half, half + 1)
+    cx, cy = np.rint(x_px).astype(np.int64), np.rint(y_px).astype(np.int64)
+    rows, columns = shape
+    index = np.flatnonzero((cx - half >= 0) & (cx + half < columns) & (cy - half >= 0) & (cy + half < rows))
+    grid = (cy[index, None] + offsets)[:, :, None], (cx[index, None] + offsets)[:, None, :]
+    return index, grid, grid[1] - x_px[index, None, None], grid[0] - y_px[index, None, None]
 
 
 class HasPosition(Protocol):
@@ -287,9 +285,10 @@ def _native(image: FloatImage) -> FloatImage:
     return np.ascontiguousarray(image, dtype=np.dtype(np.float32).newbyteorder("="))
 
 
-def _sanitised(image: FloatImage) -> tuple[FloatImage, BoolArray | None]:
-    """``image`` as sep needs it and the mask of its non-finite pixels (None when all are
-    finite, the common case, which costs no copy); a copy with those pixels zeroed otherwise."""
+def sanitised(image: FloatImage) -> tuple[FloatImage, BoolArray | None]:
+    """``image`` as sep (and any step that cannot take NaN) needs it: C-contiguous native float32, and
+    the mask of its non-finite pixels (None when all are finite, the common case, which costs no copy);
+    a copy with those pixels zeroed otherwise."""
     data = _native(image)
     bad = ~np.isfinite(data)
     if not bad.any():

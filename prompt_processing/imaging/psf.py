@@ -38,15 +38,6 @@ def gaussian_kernel_1d(sigma_px: float, *, half_width_sigma: float = STAMP_HALF_
     return result
 
 
-def finite_or_zero(image: FloatImage) -> FloatImage:
-    """``image`` as float32 with non-finite pixels set to 0: ``image`` itself (no copy) when it is
-    float32 and all finite, the common case; a new array otherwise (``np.nan_to_num`` would test for
-    infinities of each sign besides, ~0.1 s more on a 4k image)."""
-    data = np.asarray(image, dtype=np.float32)
-    finite = np.isfinite(data)
-    return data if finite.all() else np.where(finite, data, np.float32(0.0))
-
-
 def convolve_gaussian(image: FloatImage, sigma_px: float) -> FloatImage:
     """``image`` convolved with a unit-sum Gaussian of ``sigma_px`` over its last two axes (so
     a stack of stamps works too); zero outside the image. ``sigma_px == 0`` returns a copy.

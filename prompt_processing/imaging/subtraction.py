@@ -16,8 +16,8 @@ import numpy.typing as npt
 import sep
 from scipy.spatial import cKDTree
 
-from prompt_processing.imaging.catalogue import MIN_AREA_PX, MIN_PIXSTACK
-from prompt_processing.imaging.psf import FloatArray, FloatImage, convolve_gaussian, finite_or_zero, gaussian_kernel_1d
+from prompt_processing.imaging.catalogue import MIN_AREA_PX, MIN_PIXSTACK, sanitised
+from prompt_processing.imaging.psf import FloatArray, FloatImage, convolve_gaussian, gaussian_kernel_1d
 
 IntArray = npt.NDArray[np.int64]
 
@@ -78,10 +78,9 @@ def subtract_template(
     """
     if science.shape != template.shape:
         raise ValueError(f"science {science.shape} and template {template.shape} differ in shape")
-    science_bad = ~np.isfinite(science)
-    science, template = finite_or_zero(science), finite_or_zero(template)
+    (science, science_bad), (template, _) = sanitised(science), sanitised(template)
     rows, cols = _fit_star_positions(template, neighbours_xy)
-    if science_bad.any():  # a saturated (or dead) pixel in a star's science stamp would bias the fit
+    if science_bad is not None:  # a saturated (or dead) pixel in a star's science stamp would bias the fit
         whole = ~_stamps(science_bad, rows, cols).any(axis=(1, 2))
         rows, cols = rows[whole], cols[whole]
     if len(rows) < MIN_STARS:

@@ -19,7 +19,8 @@ import numpy as np
 from astropy.wcs import WCS
 from scipy.ndimage import affine_transform, spline_filter
 
-from prompt_processing.imaging.psf import FloatImage, finite_or_zero
+from prompt_processing.imaging.catalogue import sanitised
+from prompt_processing.imaging.psf import FloatImage
 
 BLOCK_PX = 256
 _SPLINE_MARGIN_PX = 4
@@ -89,7 +90,7 @@ def apply_warp(target: FloatImage, plan: WarpPlan, crop: FloatImage) -> int:
     lo_y, hi_y, lo_x, hi_x = plan.crop
     if crop.shape != (hi_y - lo_y, hi_x - lo_x):
         raise ValueError(f"crop {crop.shape} is not the planned {(hi_y - lo_y, hi_x - lo_x)}")
-    coefficients = spline_filter(finite_or_zero(crop), order=3, output=np.float32,
+    coefficients = spline_filter(sanitised(crop)[0], order=3, output=np.float32,
                                  mode="nearest")  # fmt: skip
     filled = 0
     for b in plan.blocks:
