@@ -44,10 +44,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import redis
 
 from bench.bench_fanout import _replace_section
 from pp_devkit.stack import Stack, free_port
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.settings import (
     FLOW_RUN_SECTIONS,
     ActivatorSettings,
@@ -145,7 +145,7 @@ class Bench:
 
     def __init__(self, settings: Settings, client: SyncPrefectClient, rng: random.Random) -> None:
         self.settings, self.client, self.rng = settings, client, rng
-        self.redis = redis.Redis.from_url(settings.redis.url)
+        self.redis = make_redis(settings.redis, settings.retry, name="bench")
         self.base = client.read_deployment_by_name("activator/activator-latiss")
         self.lanes: list[Lane] = []
 

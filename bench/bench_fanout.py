@@ -36,6 +36,7 @@ from rich.progress import Progress
 from pp_devkit.sim import next_visit_message, plan_visits
 from pp_devkit.stack import Stack, free_port
 from prompt_processing.adapters import kafka
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model.events import NextVisit
@@ -277,7 +278,7 @@ def main() -> int:
         stack = Stack(settings)
         stack.up(["redis", "kafka"])
         try:
-            client = redis.Redis.from_url(settings.redis.url)
+            client = make_redis(settings.redis, settings.retry, name="bench")
             with Progress() as progress:
                 samples = bench_writes(client, settings, args.rounds, progress)
                 writer = StreamFanOut(RespConnection(settings.redis), dedup_ttl_s=3600, stream_maxlen=1_000_000)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from prefect import flow
 from rich.progress import Progress
 
@@ -22,6 +21,7 @@ from pp_devkit.stack import Stack, free_port
 from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.activator.queue import WorkQueue
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import landed_to_alerts_s, read_results
 from prompt_processing.adapters.streams import StreamFanOut
@@ -154,14 +154,14 @@ class Harness:
         self.producer.flush(10)
 
     def results_count(self) -> int:
-        client = redis.Redis.from_url(self.settings.redis.url)
+        client = make_redis(self.settings.redis, self.settings.retry, name="bench")
         try:
             return len(read_results(client, "LATISS"))
         finally:
             client.close()
 
     def last_results(self, n: int) -> list[dict[str, str]]:
-        client = redis.Redis.from_url(self.settings.redis.url)
+        client = make_redis(self.settings.redis, self.settings.retry, name="bench")
         try:
             return read_results(client, "LATISS")[-n:]
         finally:

@@ -2,9 +2,16 @@
 
 Loop: reclaim an entry a dead activator left (idle > ``claim_idle_s``) or read a new one with
 BLOCK -> run it as the ``visit-detector`` task (one task run per visit-detector, named
-``<instrument>-<group>-det<NNN>``) -> acknowledge when the outcome is final. Exits after
-``idle_timeout_s`` without work or ``max_visits`` visits; SIGTERM finishes (or hands back)
-the visit in hand first. Delivery guarantees: see ``prompt_processing/activator/queue.py``.
+``<instrument>-<group>-det<NNN>``) -> acknowledge when the outcome is final; an attempt that
+failed retriably is handed back to be retried later by any activator (backoff). Exits after
+``idle_timeout_s`` without work or ``max_visits`` visits. Delivery guarantees: see
+``prompt_processing/activator/queue.py``.
+
+Cancellation and shutdown: SIGTERM or SIGINT (what a Prefect worker sends when the run is
+cancelled in the UI, and what Kubernetes sends when the pod is deleted) stops the loop: a visit
+still waiting for its images is handed back at once, one already being processed is finished
+(the pod's grace period must cover one visit), pending entries are handed back, and the run
+ends Cancelled with the counts as its message.
 
 Parameters: ``queue``, the work-queue contract (stream, group, ``claim_idle_s``,
 ``max_deliveries``), comes from the autoscaler that created the run, so both count the same
@@ -30,7 +37,7 @@ from types import FrameType
 from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Cancelled, Completed
 
 from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.activator.queue import WorkItem, WorkQueue
@@ -42,7 +49,7 @@ from tasks.logs import configure_run_logging
 from tasks.outcome import VisitOutcome, add_run_tags
 from tasks.visit import visit_detector_task
 
-COUNTS = ("succeeded", "ignored", "failed", "handed_back")
+COUNTS = ("succeeded", "ignored", "failed", "handed_back", "lost")
 
 
 def activator_run_name() -> str:
@@ -71,7 +78,7 @@ def activator(
     work = WorkQueue(ctx.redis, instrument, name, contract, block_s=a.block_s,
                      results_retention_s=settings.visit.results_retention_s)  # fmt: skip
     configure_run_logging(settings)
-    _stop_on_sigterm(ctx)
+    signals = _stop_on_sigterm(ctx)
     counts = dict.fromkeys(COUNTS, 0)
     limit, idle_limit_s = max_visits or a.max_visits, idle_timeout_s or a.idle_timeout_s
     work.ensure_group()
@@ -88,7 +95,7 @@ def activator(
     finally:
         counts["handed_back"] += work.close()
         ctx.close()
-    return _final_state(counts)
+    return _final_state(counts, signals)
 
 
 def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
@@ -96,19 +103,29 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
     visit, detector = item.entry.visit, item.entry.detector
     picked_up_at, start = time.time(), time.perf_counter()
     visit_task = _tagged_task(visit.instrument) if ctx.settings.visit.tag_task_runs else visit_detector_task
-    with queue.holding(item):
-        state = visit_task(ctx, visit, detector, item.deliveries, return_state=True)
+    with queue.holding(item) as lease:
+        ctx.lease = lease
+        try:
+            state = visit_task(ctx, visit, detector, item.deliveries, return_state=True)
+        finally:
+            ctx.lease = None
     wall_s = time.perf_counter() - start
     outcome = state.result(raise_on_failure=False)
+    logger = get_run_logger()
+    if lease.lost.is_set():  # another activator may be on it: record nothing, hand back nothing
+        logger.warning("%s %s det%03d: entry lost to another activator; left to it", visit.instrument,
+                       visit.groupId, detector)  # fmt: skip
+        return "lost"
     if not isinstance(outcome, VisitOutcome):  # a retriable error that outlasted the retries, or a bug
-        get_run_logger().warning("%s %s det%03d not final (%r); handed back for another delivery",
-                                 visit.instrument, visit.groupId, detector, outcome)  # fmt: skip
-        queue.hand_back([item.entry_id])  # retried by the next read of any activator, up to max_deliveries
+        delay_s = 0.0 if ctx.stopping.is_set() else queue.retry_delay_s(item.deliveries)
+        logger.warning("%s %s det%03d not final (%r); handed back, retried in %.1f s (attempt %d of %d)",
+                       visit.instrument, visit.groupId, detector, outcome, delay_s, item.deliveries + 1,
+                       queue.max_deliveries)  # fmt: skip
+        queue.hand_back([item.entry_id], delays_s=[delay_s])
         return "handed_back"
     timing = {"pickup_ms": (outcome.started_at or picked_up_at) * 1e3 - item.queued_at_ms, "wall_s": wall_s,
               "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
-    queue.finish(item, outcome.record() | timing)
-    return outcome.status
+    return outcome.status if queue.finish(item, outcome.record() | timing) else "lost"
 
 
 @functools.cache
@@ -125,23 +142,31 @@ def _tagged_task(instrument: str) -> Task[[ProcessingContext, NextVisit, int, in
     return visit_detector_task.with_options(tags=[naming.instrument_tag(instrument)])
 
 
-def _final_state(counts: dict[str, int]) -> State[dict[str, int]]:
-    """Completed, named for what an operator scans the runs list for; tagged busy or idle."""
+def _final_state(counts: dict[str, int], signals: list[int]) -> State[dict[str, int]]:
+    """Cancelled if a signal stopped the run (cancelled in the UI, SIGTERM, pod deletion), else
+    Completed, named for what an operator scans the runs list for; tagged busy or idle."""
     processed = sum(counts[k] for k in ("succeeded", "ignored", "failed"))
     message = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in COUNTS)
-    name = "Idle" if not processed else f"{counts['failed']} failed" if counts["failed"] else "Completed"
     add_run_tags(naming.ACTIVATOR_BUSY_TAG if processed or counts["handed_back"] else naming.ACTIVATOR_IDLE_TAG)
+    if signals:
+        get_run_logger().warning("activator stopped by signal %d: %s", signals[0], message)
+        return Cancelled(message=f"stopped by signal {signals[0]}: {message}", data=counts)
+    name = "Idle" if not processed else f"{counts['failed']} failed" if counts["failed"] else "Completed"
     get_run_logger().info("activator exits: %s", message)
     return Completed(name=name, message=message, data=counts)
 
 
-def _stop_on_sigterm(ctx: ProcessingContext) -> None:
-    """SIGTERM/SIGINT only set a flag; the loop finishes or hands back the visit in hand."""
+def _stop_on_sigterm(ctx: ProcessingContext) -> list[int]:
+    """SIGTERM/SIGINT only set a flag (the loop hands back or finishes the visit in hand); the list
+    returned receives the signals caught."""
+    caught: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return
+        return caught
 
     def stop(signum: int, _frame: FrameType | None) -> None:
+        caught.append(signum)
         ctx.stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
+    return caught

@@ -50,6 +50,7 @@ from pp_devkit.night import NightPlan, run_night
 from pp_devkit.stack import Stack
 from prompt_processing.adapters import kafka, prefect_api, s3
 from prompt_processing.adapters.health import read_health
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.results import read_results
 from prompt_processing.autoscaler.metrics import UNFINISHED_STATES
 from prompt_processing.autoscaler.spec import ScaledJobSpec, dump_specs, parse_specs
@@ -100,7 +101,7 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, activators: int
     with console.status("starting the embedded stack (the Prefect server takes ~20 s)"):
         stack.up()
     started_here = [s for s in ("redis", "kafka", "s3", "prefect") if s not in already]
-    client = redis.Redis.from_url(settings.redis.url)
+    client = make_redis(settings.redis, settings.retry, name="demo")
     try:
         with _services(settings, console, spec) as logs:
             night_started_at = time.time()

@@ -222,7 +222,10 @@ def _redis_spec(settings: Settings) -> ServiceSpec:
         argv: list[str] = [str(redis_server_binary())]
         if cfg.password is not None:
             argv.append(str(_write_redis_password_config(data_dir, cfg.password.get_secret_value())))
-        argv += ["--port", str(cfg.port), "--bind", cfg.host, "--save", "", "--appendonly", "no"]
+        # AOF, fsynced every second: a restart keeps the streams, groups and keys (at most ~1 s of writes
+        # lost, which the fan-out's re-fan covers); no RDB snapshots.
+        argv += ["--port", str(cfg.port), "--bind", cfg.host, "--save", "", "--appendonly", "yes",
+                 "--appendfsync", "everysec"]  # fmt: skip
         argv += ["--dir", str(data_dir), "--daemonize", "no"]
         return Launch(argv=tuple(argv), data_dirs=(data_dir,))
 

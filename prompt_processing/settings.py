@@ -33,14 +33,15 @@ class RedisSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Redis host.")
     port: int = Field(16379, ge=1, le=65535, description="Redis port (embedded default avoids 6379).")
     db: int = Field(0, ge=0, le=15, description="Redis database number.")
+    username: str | None = Field(None, description="Redis ACL user (None: the default user).")
     password: SecretStr | None = Field(None, description="Redis AUTH password, if any.")
     embedded: bool = Field(True, description="Start Redis with `pp stack up`; false = use an external one.")
     socket_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Redis command.")
 
     @property
-    def url(self) -> str:
-        auth = f":{self.password.get_secret_value()}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+    def address(self) -> str:
+        """``host:port/db``: where, for logs (no credentials)."""
+        return f"{self.host}:{self.port}/{self.db}"
 
 
 class KafkaSettings(BaseModel):
@@ -84,6 +85,11 @@ class KafkaSettings(BaseModel):
     )
     alerts_topic: str = Field("alerts", description="One alert per detected transient.")
     topic_partitions: int = Field(1, ge=1, description="Partitions of topics created by `pp topics`.")
+    delivery_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A produced message is confirmed or failed within this (librdkafka's "
+        "message.timeout.ms); publish waits as long for its alerts, so a broker stall shorter than this "
+        "resends nothing.",
+    )
 
     @property
     def servers(self) -> str:
@@ -187,6 +193,11 @@ class FanoutSettings(BaseModel):
     stream_maxlen: int = Field(
         1_000_000, ge=10_000, description="Approximate cap of each instrument stream (XADD MAXLEN ~)."
     )
+    replay_window_s: float = Field(
+        900.0, ge=0, description="When Redis lost its data (restarted without persistence), the next-visit events "
+        "of this last while are fanned out again: the visits in flight come back (those already done are "
+        "recognised by the alerts ledger). 0: never.",
+    )
     batch_size: int = Field(100, ge=1, le=10_000, description="Kafka messages taken per poll.")
     poll_timeout_s: float = Field(0.5, gt=0, description="Longest wait for Kafka messages per tick.")
     health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the fan-out refreshes.")
@@ -212,6 +223,14 @@ class RouterSettings(BaseModel):
     http_host: str = Field("127.0.0.1", description="Presence HTTP service bind address.")
     http_port: int = Field(18080, ge=0, le=65535, description="Presence HTTP port (0 = any free port).")
     presence_ttl_s: int = Field(86_400, ge=60, description="How long a landed image is remembered.")
+    replay_window_s: float = Field(
+        900.0, ge=0, description="When Redis lost its data, the notifications of this last while are routed again "
+        "(the images of visits in flight are found again). 0: never.",
+    )
+    s3_read_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Timeout of one sidecar read; a failed read is retried later (deferred, in "
+        "Redis), never holding up the notifications behind it.",
+    )
     batch_size: int = Field(100, ge=1, le=10_000)
     poll_timeout_s: float = Field(0.5, gt=0)
     health_ttl_s: int = Field(15, ge=2)
@@ -219,15 +238,28 @@ class RouterSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """The one retry policy for calls to Redis, Kafka, S3 and the Prefect API (``adapters.retry``).
+    """The one retry policy for calls to Redis, Kafka, S3, the databases and the Prefect API (``adapters.retry``).
 
-    The pause after a failed try starts at ``first_delay_s`` and doubles up to ``max_delay_s``;
-    how many tries a caller makes is the caller's (a service never skips a message: it retries
-    until the call succeeds or it is asked to stop).
+    Only failures ``adapters.errors`` classes as transient (or as a refusal of our configuration) are
+    retried; a permanent one goes to the message's dead-letter destination. The pause after a failed
+    try starts at ``first_delay_s`` and doubles up to ``max_delay_s``, plus up to ``jitter_s`` at
+    random. A service never skips a message: it retries until the call succeeds or it is asked to
+    stop; a call failing longer than ``outage_alarm_s`` is an outage (an ERROR line, the health
+    record says unhealthy, ``--check`` fails) until it recovers.
     """
 
     first_delay_s: float = Field(0.1, gt=0, le=60, description="Pause after the first failed try.")
-    max_delay_s: float = Field(2.0, gt=0, le=600, description="Longest pause between two tries.")
+    max_delay_s: float = Field(2.0, gt=0, le=600, description="Longest pause between two tries (the capped interval).")
+    jitter_s: float = Field(
+        0.25, ge=0, le=60, description="Random extra pause, up to this, so clients do not retry in step."
+    )
+    outage_alarm_s: float = Field(
+        15.0, gt=0, description="A call failing this long is an outage: logged as such, health turns unhealthy."
+    )
+    redis_attempts: int = Field(
+        3, ge=1, le=20, description="Tries of one Redis command inside the client (redis-py Retry, on connection "
+        "errors and timeouts) before the caller's policy sees the failure.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> RetrySettings:
@@ -246,7 +278,14 @@ class QueueSettings(BaseModel):
     claim_idle_s: float = Field(
         30.0, gt=0, description="A pending entry idle this long is a dead activator's: counted and reclaimed."
     )
-    max_deliveries: int = Field(3, ge=1, description="Deliveries before an entry goes to the dead-letter stream.")
+    max_deliveries: int = Field(
+        5, ge=1, description="Attempts (deliveries) before an entry goes to the dead-letter stream; with the "
+        "default retry_delay_s the attempts span over a minute, so a shorter outage dead-letters nothing.",
+    )
+    retry_delay_s: float = Field(
+        5.0, gt=0, description="An attempt that failed retriably is retried this long after (doubling with each "
+        "attempt, jittered, at most claim_idle_s), by any activator.",
+    )
 
 
 class ActivatorSettings(BaseModel):
@@ -278,13 +317,6 @@ class VisitSettings(BaseModel):
     )
     results_retention_s: float = Field(
         259_200, gt=0, description="How long outcome records stay in the results streams (night reports read them)."
-    )
-    published_ttl_s: int = Field(
-        172_800,
-        ge=60,
-        description="How long a visit-detector's alerts are remembered as sent (the APDB says it was processed; "
-        "this says its alerts went out, so a redelivery after the APDB transaction resends them only if not); "
-        "at least fanout.dedup_ttl_s.",
     )
 
 
@@ -562,18 +594,10 @@ class Settings(BaseSettings):
             self.apdb = self.apdb.model_copy(update={"db_url": f"sqlite:///{path}"})
         return self
 
-    @model_validator(mode="after")
-    def _published_outlives_dedup(self) -> Settings:
-        if self.visit.published_ttl_s < self.fanout.dedup_ttl_s:
-            raise ValueError(
-                f"visit.published_ttl_s ({self.visit.published_ttl_s}) must be >= fanout.dedup_ttl_s "
-                f"({self.fanout.dedup_ttl_s}): a visit that can still be redelivered or rerun must stay marked "
-                "published, or its alerts could be sent twice"
-            )
-        return self
 
-
-FLOW_RUN_SECTIONS = ("redis", "kafka", "s3", "queue", "activator", "visit", "butler", "apdb", "alerts", "pipelines")
+FLOW_RUN_SECTIONS = (
+    "redis", "retry", "kafka", "s3", "queue", "activator", "visit", "butler", "apdb", "alerts", "pipelines",
+)  # fmt: skip
 """The sections a flow run (activator, rerun) reads from its own environment: in production the
 work pool's job template gives them (ConfigMap and Secrets); locally the Prefect worker's environment."""
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.butler import repo
+from prompt_processing.adapters.errors import transient_as_retriable
 from prompt_processing.butler.local import Preloaded
-from prompt_processing.model.errors import RetriableError
 from prompt_processing.model.events import NextVisit
 from tasks.common import step
 
@@ -19,9 +18,6 @@ def preload(ctx: ProcessingContext, clock: StepClock, visit: NextVisit, detector
     Whether the visit-detector can do without it is the pipelines' to say (``process``: a pipeline whose
     graph cannot be built falls through to the next).
     """
-    with clock.timing("preload"):
-        try:
-            found = ctx.local_repo(visit.instrument).preload(visit, detector)
-        except repo.OUTAGES as exc:
-            raise RetriableError(f"central Butler: {type(exc).__name__}: {exc}") from exc
+    with clock.timing("preload"), transient_as_retriable("central Butler"):
+        found = ctx.local_repo(visit.instrument).preload(visit, detector)
     return found

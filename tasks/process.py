@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from lsst.daf.butler import DatasetRef
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.apdb.db import OUTAGES as APDB_OUTAGES
+from prompt_processing.adapters.errors import is_transient
 from prompt_processing.butler import repo
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
@@ -59,7 +59,7 @@ def process(
             raise NonRetriableError(f"no pipeline could be built: {exc}{found}") from exc
         except PipelineFailed as exc:
             local.adopt_run(run)  # its partial outputs go with the visit-detector's
-            if isinstance(exc.error, (*APDB_OUTAGES, *repo.OUTAGES)):
+            if is_transient(exc.error):
                 raise RetriableError(str(exc)) from exc
             raise NonRetriableError(str(exc)) from exc
         local.adopt(done.outputs.values())

@@ -27,8 +27,9 @@ from prefect.transactions import CommitMode, transaction
 from prefect.utilities.context import get_task_and_flow_run_ids
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.adapters.errors import transient_as_retriable
 from prompt_processing.model import naming
-from prompt_processing.model.errors import IgnorableVisit, NonRetriableError
+from prompt_processing.model.errors import IgnorableVisit, NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
 from prompt_processing.pipelines.selection import Unselected, select_pipelines
 from tasks.apdb_state import ApdbState, apdb_state
@@ -37,7 +38,7 @@ from tasks.outcome import VisitOutcome, max_rss_bytes, outcome_state, report_out
 from tasks.preload import preload
 from tasks.process import process
 from tasks.publish import publish
-from tasks.wait_for_images import wait_for_images
+from tasks.wait_for_images import RawImages, wait_for_images
 
 
 def visit_label(instrument: str, group: str, detector: int) -> str:
@@ -50,10 +51,12 @@ def run_visit_detector(
 ) -> VisitOutcome:
     """Process one visit-detector; never alerts twice for the same one.
 
-    Once its raws are in, the APDB says whether it was processed (``tasks.associate.ApdbState``): an
-    activator then ignores it, a ``rerun`` refuses (ignored, with the reason) unless ``force``d; a forced
-    rerun writes new outputs and stores nothing. Alerts the APDB's rows show but that are not known sent
-    (the worker died between the two) are sent (the same alerts, same ids); alerts sent never are again.
+    Once its raws are in, the APDB and its alerts ledger say whether it was processed
+    (``tasks.apdb_state.ApdbState``): one whose alerts were all confirmed is, for an activator, already
+    done (succeeded, nothing sent again); a ``rerun`` of one in the APDB refuses (ignored, with the
+    reason) unless ``force``d; a forced rerun writes new outputs and stores nothing. Alerts the APDB's
+    rows show but the ledger does not (the worker died between the two) are sent (the same alerts, same
+    ids); an alert the ledger holds never is again.
 
     Returns the final outcome: ``succeeded``, ``ignored`` (already processed) or ``failed``
     (a ``NonRetriableError``: missing calibration, corrupt image, image never arrived...).
@@ -69,19 +72,22 @@ def run_visit_detector(
         with transaction(commit_mode=CommitMode.EAGER):
             inputs = run_step(preload, v, ctx, clock, visit, detector)
             raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
-            state = _admitted(apdb_state(ctx, visit, detector, raws.visit_id), rerun=rerun, force=force)
-            processed = run_step(process, v, ctx, clock, visit, detector, raws, state, pipelines, inputs.missing)
-            outcome.pipeline, outcome.not_built = processed.pipeline, [f"{n}: {w}" for n, w in processed.tried]
-            outcome.pipeline_s = processed.timings_s
-            published = run_step(publish, v, ctx, clock, visit, detector, raws, processed, state)
+            state = apdb_state(ctx, visit, detector, raws.visit_id)
+            if state is ApdbState.SENT and not (rerun or force):
+                _already_done(ctx, outcome, raws, detector)
+            else:
+                state = _admitted(state, rerun=rerun, force=force)
+                processed = run_step(process, v, ctx, clock, visit, detector, raws, state, pipelines, inputs.missing)
+                outcome.pipeline, outcome.not_built = processed.pipeline, [f"{n}: {w}" for n, w in processed.tried]
+                outcome.pipeline_s = processed.timings_s
+                published = run_step(publish, v, ctx, clock, visit, detector, raws, processed, state)
+                outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
+                outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
         outcome.status, outcome.reason, outcome.stopped_at = "failed", str(exc), clock.step
         outcome.error = type(exc).__name__
-    else:
-        outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
-        outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs
     ctx.end_visit(visit.instrument)
     outcome.steps_s = clock.seconds
     outcome.total_s = time.perf_counter() - start
@@ -100,14 +106,22 @@ def _pipelines(ctx: ProcessingContext, visit: NextVisit) -> list[str]:
 
 def _admitted(state: ApdbState, *, rerun: bool, force: bool) -> ApdbState:
     """``state`` if the visit-detector is to be processed; IgnorableVisit (with the reason) if not."""
-    if state is ApdbState.NEW or force:
+    if state is ApdbState.NEW or force or not rerun:
         return state
-    if rerun:
-        raise IgnorableVisit("already in the APDB: rerun with force to rewrite its outputs (an alert already "
-                             "sent is never sent again)")  # fmt: skip
-    if state is ApdbState.SENT:
-        raise IgnorableVisit("already in the APDB, alerts sent")
-    return state
+    raise IgnorableVisit("already in the APDB: rerun with force to rewrite its outputs (an alert already "
+                         "sent is never sent again)")  # fmt: skip
+
+
+def _already_done(ctx: ProcessingContext, outcome: VisitOutcome, raws: RawImages, detector: int) -> None:
+    """A redelivered visit-detector whose alerts the ledger holds all confirmed (an attempt that finished
+    but whose acknowledgement was lost, or a re-fan after Redis lost the stream): succeeded, with the first
+    attempt's latency and no alert counted again."""
+    with transient_as_retriable("alerts ledger"):
+        done = ctx.ledger.done(raws.visit_id, detector)
+    if done is None:
+        raise RetriableError("alerts ledger: the visit-detector's completion record vanished")
+    outcome.reason = f"already done: {done.n_alerts} alerts confirmed by {done.processed_by} (none sent again)"
+    outcome.landed_at, outcome.alerts_sent_at = raws.landed_at[-1], done.sent_at
 
 
 @task(name=naming.VISIT_DETECTOR_TASK, task_run_name="{visit.instrument}-{visit.groupId}-det{detector:03d}",

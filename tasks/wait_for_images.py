@@ -13,7 +13,7 @@ from lsst.daf.butler import DatasetRef, DimensionRecord
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
-from prompt_processing.butler import repo
+from prompt_processing.adapters.errors import is_transient, transient_as_retriable
 from prompt_processing.butler.records import HeaderMismatch
 from prompt_processing.imaging.fits_io import HEADER_PROBE_BYTES, fits_header, from_fits_bytes
 from prompt_processing.model import naming
@@ -86,11 +86,10 @@ def _ingest(
     except ValueError as exc:
         raise NonRetriableError(f"raw {where} (snap {snap}) is unusable: {exc}") from exc
     try:
-        return ctx.local_repo(visit.instrument).ingest_raw(visit, detector, snap, image, header)
+        with transient_as_retriable("local Butler"):
+            return ctx.local_repo(visit.instrument).ingest_raw(visit, detector, snap, image, header)
     except HeaderMismatch as exc:
         raise NonRetriableError(f"raw {where} does not belong to this visit-detector: {exc}") from exc
-    except repo.OUTAGES as exc:
-        raise RetriableError(f"local Butler: {type(exc).__name__}: {exc}") from exc
 
 
 def _unpaired_raw(ctx: ProcessingContext, visit: NextVisit, detector: int, snap: int) -> str | None:
@@ -126,6 +125,9 @@ def _await_presence(
                 return None
             if ctx.stopping.is_set():
                 raise RetriableError(f"activator {ctx.name} is stopping; visit {group} detector {detector} handed back")
+            ctx.check_lease()
             ctx.redis.blpop([arrivals], timeout=min(remaining_s, _BLPOP_SLICE_S))
     except redis.RedisError as exc:
+        if not is_transient(exc):
+            raise NonRetriableError(f"redis while waiting for {presence}: {type(exc).__name__}: {exc}") from exc
         raise RetriableError(f"redis while waiting for {presence}: {exc}") from exc

@@ -18,6 +18,7 @@ import redis
 
 from pp_devkit.stack import Stack, free_port
 from prompt_processing.adapters.kafka import ensure_topics
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.settings import (
     FanoutSettings,
     InstrumentSettings,
@@ -82,10 +83,14 @@ def settings(stack_settings: Settings, redis_client: redis.Redis, tmp_path: Path
             "s3": stack_settings.s3.model_copy(
                 update={"raw_bucket": f"raw-{tag}", "truth_bucket": f"truth-{tag}"}
             ),
+            # No replay at a service's first start (its Redis marker is missing then): the replay has its own tests.
             "router": RouterSettings(
-                group_id=f"router-{tag}", consumer_name=f"router-{tag}", http_port=0, poll_timeout_s=0.2
+                group_id=f"router-{tag}", consumer_name=f"router-{tag}", http_port=0, poll_timeout_s=0.2,
+                replay_window_s=0,
             ),
-            "fanout": FanoutSettings(group_id=f"fanout-{tag}", consumer_name=f"test-{tag}", poll_timeout_s=0.2),
+            "fanout": FanoutSettings(
+                group_id=f"fanout-{tag}", consumer_name=f"test-{tag}", poll_timeout_s=0.2, replay_window_s=0
+            ),
             "apdb": stack_settings.apdb.model_copy(update={"db_url": f"sqlite:///{tmp_path / 'apdb.sqlite3'}"}),
             "instruments": {
                 "LSSTCam": InstrumentSettings(disabled_detectors="production"),
@@ -105,7 +110,7 @@ _TOPIC_FIELDS = ("next_visit_topic", "dead_letter_topic", "raw_notifications_top
 
 @pytest.fixture
 def redis_client(stack_settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(stack_settings.redis.url)
+    client = make_redis(stack_settings.redis, stack_settings.retry, name="test")
     client.flushdb()
     yield client
     client.close()

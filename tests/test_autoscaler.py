@@ -32,6 +32,7 @@ from pp_devkit.night import NightPlan, seed_central_repo, upload_raw
 from pp_devkit.sim import plan_visits
 from pp_devkit.stack import free_port
 from prompt_processing.adapters import prefect_api, s3
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
@@ -453,7 +454,7 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
     worker = subprocess.Popen(
         prefect_api.prefect_worker_command(settings), env=env, stdout=worker_log, stderr=subprocess.STDOUT
     )
-    client = redis.Redis.from_url(settings.redis.url)
+    client = make_redis(settings.redis, settings.retry, name="test")
     try:
         with serving(Autoscaler(settings, [job])):
             # 1. Two visits: two runs, both entries succeed, both runs exit when idle: back to 0.
@@ -487,7 +488,7 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
         worker_log.close()
-    results = {r["group"]: r for r in read_results(redis.Redis.from_url(settings.redis.url), "LATISS")}
+    results = {r["group"]: r for r in read_results(make_redis(settings.redis, settings.retry, name="test"), "LATISS")}
     assert {g: r["status"] for g, r in results.items()} == {"busy-1": "succeeded", "busy-2": "succeeded",
                                                           "orphaned": "succeeded"}  # fmt: skip
     assert results["orphaned"]["deliveries"] == "2"  # reclaimed from the dead activator

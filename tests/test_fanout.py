@@ -183,3 +183,22 @@ def test_latency_window_keeps_the_last_samples_and_interpolates_like_numpy() -> 
     assert len(window) == 4
     assert window.percentiles(0, 50, 100) == [1.0, 2.5, 4.0]
     assert window.percentiles(99) == [float(np.percentile([1.0, 2.0, 3.0, 4.0], 99))]
+
+
+def test_visits_in_flight_are_fanned_out_again_after_redis_lost_its_data(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Redis restarted without persistence (here: FLUSHDB): streams, groups and de-duplication keys are gone;
+    the fan-out replays its window of next-visit events, re-fanning each visit once; a bad event in the window
+    is not dead-lettered a second time."""
+    settings = settings.model_copy(update={"fanout": settings.fanout.model_copy(update={"replay_window_s": 600})})
+    produce(settings, visit_body("LATISS", "g-in-flight"), b"not json")
+    with RunningFanOut(settings) as service:
+        wait_for(lambda: service.stats.fanned_out == 1 and service.stats.received == 2, what="first fan-out")
+        assert redis_client.exists(naming.epoch_key("fanout"))
+        redis_client.flushdb()
+        wait_for(lambda: service.stats.fanned_out == 2, timeout_s=20, what="the visit fanned out again")
+        assert [e.visit.groupId for e in _entries(redis_client, "LATISS")] == ["g-in-flight"]
+        time.sleep(1.5)  # one more check: the marker is back, no second replay
+        assert service.stats.fanned_out == 2 and service.stats.received == 4
+    assert sum(service.stats.dead_lettered.values()) == 1

@@ -94,7 +94,7 @@ def test_a_failed_visit_detector_shows_once_with_its_reason_tags_event_and_artif
         assert "pp rerun LATISS op-fail 0" in report.data
         activator = client.read_flow_run(visit.flow_run_id)
     assert activator.state.name == "1 failed"
-    assert activator.state.message == "0 succeeded, 0 ignored, 1 failed, 0 handed back"
+    assert activator.state.message == "0 succeeded, 0 ignored, 1 failed, 0 handed back, 0 lost"
     assert naming.ACTIVATOR_BUSY_TAG in activator.tags
     assert activator.name.startswith("activator-LATISS-")
 

@@ -29,7 +29,9 @@ from astropy.wcs import WCS
 from lsst.resources import ResourcePath
 from lsst.sphgeom import LonLat, UnitVector3d
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.activator import activator
 from pp_devkit.night import NightPlan, run_night, seed_central_repo, upload_raw
@@ -39,7 +41,7 @@ from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
-from prompt_processing.apdb.db import open_apdb
+from prompt_processing.apdb.db import open_apdb, open_ledger
 from prompt_processing.butler import repo
 from prompt_processing.butler.output_event import OutputEvent
 from prompt_processing.model import naming, sky
@@ -252,6 +254,33 @@ def test_killed_activator_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipel
     assert len(alerts) == n and len({a["diaSourceId"] for a in alerts}) == n
 
 
+@pytest.mark.timeout(180)
+def test_sigterm_hands_back_the_visit_in_hand_and_ends_the_run_cancelled(pipeline: Pipeline) -> None:
+    """What a Prefect worker sends when the run is cancelled in the UI, and Kubernetes when the pod is deleted."""
+    body = pipeline.announce("sigterm", duration_s=30.0)  # the activator waits for this image
+    code = "from flows.activator import activator; activator('LATISS', idle_timeout_s=60)"
+    stopped = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
+    try:
+        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=60, what="the activator")
+        stopped.send_signal(signal.SIGTERM)
+        stopped.wait(30)
+    finally:
+        if stopped.poll() is None:
+            stopped.kill()
+    (pending,) = pipeline.redis.xpending_range(stream, group, "-", "+", 10)
+    assert pending["consumer"].decode() == naming.PARKING_CONSUMER  # handed back, not left to time out
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["activator"])),
+                                       sort=FlowRunSort.START_TIME_DESC, limit=1)  # fmt: skip
+    assert run.state is not None and run.state.type == StateType.CANCELLED, run.state
+    assert "stopped by signal 15" in (run.state.message or "") and "1 handed back" in (run.state.message or "")
+    pipeline.land(body)
+    thread, counts = _activator_in_thread()  # takes it at once: a handed-back entry needs no claim_idle_s
+    thread.join(90)
+    assert counts["succeeded"] == 1 and pipeline.results()[0]["deliveries"] == "2"
+
+
 def _final(run: Any) -> bool:
     return run.state is not None and run.state.is_final()
 
@@ -268,14 +297,16 @@ def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent
     n = int(pipeline.results()[0]["n_alerts"])
     first = pipeline.alerts(n)
     assert len(first) == n >= 3
-    pipeline.redis.delete(naming.published_key("LATISS", "resume", 0))  # as if never confirmed
+    forget_alerts_sent(pipeline.settings)  # as if the worker died before the ledger heard of them
     visit = NextVisit.from_json(json.dumps(body))
     ctx = ProcessingContext(pipeline.settings, name="resume-test")
     try:
         resumed = run_visit_detector(ctx, visit, 0)
         assert (resumed.status, resumed.n_alerts) == ("succeeded", n), resumed
-        again = run_visit_detector(ctx, visit, 0)
-        assert (again.status, again.reason) == ("ignored", "already in the APDB, alerts sent")
+        again = run_visit_detector(ctx, visit, 0)  # redelivered once more: already done, nothing sent
+        assert (again.status, again.n_alerts) == ("succeeded", 0), again
+        assert again.reason == f"already done: {n} alerts confirmed by resume-test (none sent again)"
+        assert again.alerts_sent_at == pytest.approx(resumed.alerts_sent_at, abs=1.0)
     finally:
         ctx.close()
     both = pipeline.alerts(2 * n + 1, timeout_s=5)  # one more than expected: none may come
@@ -314,3 +345,14 @@ def test_a_survey_without_pipelines_is_ignored_before_anything_is_loaded(pipelin
     (result,) = pipeline.results()
     assert result["status"] == "ignored" and "gives no pipeline" in result["reason"]
     assert json.loads(result["steps_s"]) == {}  # not preloaded, not waited for
+
+
+def forget_alerts_sent(settings: Settings) -> None:
+    """Empty the alerts ledger (``apdb.ledger``), as if no confirmation had been recorded."""
+    ledger = open_ledger(settings.apdb)
+    try:
+        with ledger._engine.begin() as connection:
+            connection.execute(ledger.sent.delete())
+            connection.execute(ledger.done_table.delete())
+    finally:
+        ledger.close()

@@ -13,6 +13,7 @@ import redis
 
 from pp_devkit.night import s3_notification
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.model import layout, naming
 from prompt_processing.model.instruments import LSSTCAM
 from prompt_processing.services.router import BadNotification, RouterService, parse_notification
@@ -56,7 +57,7 @@ def test_sidecar_records_presence_wakes_the_waiter_and_serves_http(
     woke: list[Any] = []
     arrivals = naming.arrivals_key("LSSTCam", "2026-11-28T01:02:03.456", 0, 94)
     waiter = threading.Thread(
-        target=lambda: woke.append(redis.Redis.from_url(settings.redis.url).blpop([arrivals], 30))
+        target=lambda: woke.append(make_redis(settings.redis, settings.retry, name="test").blpop([arrivals], 30))
     )
     waiter.start()
     with Running(RouterService(settings)) as router:
@@ -127,3 +128,27 @@ def test_urlencoded_keys_are_decoded() -> None:
     assert parse_notification(json.dumps(body).encode()) == [
         ("b", "LSSTCam/a b:c.fits", body["Records"][0]["eventTime"])
     ]
+
+
+def test_a_sidecar_unreadable_during_an_s3_outage_is_deferred_not_blocking_then_routed(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """S3 answers nothing (here: an endpoint where nothing listens): the read fails fast, is kept in Redis and
+    retried; notifications behind it are handled meanwhile; once S3 answers, the presence is recorded."""
+    bucket, group = settings.s3.raw_bucket, "2026-11-28T04:05:06.789"
+    other_raw = layout.raw_key(LSSTCAM, "20261128", OBS, 95)
+    _upload(settings, SIDECAR, json.dumps({"GROUPID": group, "CURINDEX": 1}).encode())
+    with Running(RouterService(settings)) as router:
+        working = router._s3
+        nowhere = settings.s3.model_copy(update={"endpoint_url": "http://127.0.0.1:1"})
+        router._s3 = s3.make_client(nowhere, read_timeout_s=1, attempts=1)
+        _notify(settings, s3_notification(bucket, SIDECAR), s3_notification(bucket, other_raw))
+        wait_for(lambda: router.counts["deferred"] >= 1 and router.counts["images"] == 1,
+                 what="the read deferred and the next notification handled")  # fmt: skip
+        (member,) = redis_client.zrange(naming.ROUTER_DEFERRED_KEY, 0, -1)
+        assert json.loads(member)["key"] == SIDECAR
+        assert redis_client.get(naming.presence_key("LSSTCam", group, 0, 94)) is None
+        router._s3 = working  # S3 is back
+        wait_for(lambda: redis_client.get(naming.presence_key("LSSTCam", group, 0, 94)) is not None,
+                 timeout_s=40, what="the deferred read routed")  # fmt: skip
+        wait_for(lambda: redis_client.zcard(naming.ROUTER_DEFERRED_KEY) == 0, what="the deferred read forgotten")

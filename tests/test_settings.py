@@ -98,13 +98,6 @@ def test_every_renamed_variable_points_at_a_real_setting() -> None:
         assert field in type(getattr(Settings(), section)).model_fields, (old, new)
 
 
-def test_published_marker_outlives_the_fanout_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().visit.published_ttl_s == 48 * 3600
-    monkeypatch.setenv("PP_VISIT__PUBLISHED_TTL_S", "3600")
-    with pytest.raises(ValueError, match=r"visit.published_ttl_s \(3600\) must be >= fanout.dedup_ttl_s \(172800\)"):
-        Settings()
-
-
 def test_bad_values_fail_with_the_setting_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PP_FANOUT__DEDUP_TTL_S", "10")
     with pytest.raises(ValueError, match=r"dedup_ttl_s .* must be >= message_expiration_s"):

@@ -41,6 +41,7 @@ from pp_devkit.stack import (
     redis_server_binary,
     render_statuses,
 )
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.settings import (
     KafkaSettings,
     PrefectSettings,
@@ -391,7 +392,7 @@ def test_embedded_redis_honours_the_configured_password(make_stack: MakeStack) -
 
     assert status.state == "running"
     assert "s3cret" not in " ".join(json.loads((stack.settings.stack.state_dir / "redis.pid").read_text())["argv"])
-    with Redis.from_url(stack.settings.redis.url, socket_timeout=2) as client:
+    with make_redis(stack.settings.redis, stack.settings.retry, name="test", socket_timeout_s=2) as client:
         assert client.ping()
     with (
         Redis(port=stack.settings.redis.port, socket_timeout=2, retry=Retry(NoBackoff(), retries=0)) as anonymous,

@@ -17,14 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import redis
 from confluent_kafka import Producer
 from lsst.daf.butler import Butler
 from lsst.dax.apdb import Apdb
 
+from prompt_processing.activator.queue import Lease
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.redis_client import make_redis
+from prompt_processing.alerts.delivery import AlertDeliveries
 from prompt_processing.alerts.packet import AlertSchema, load_schema
-from prompt_processing.apdb.db import open_apdb
+from prompt_processing.apdb.db import open_apdb, open_ledger
+from prompt_processing.apdb.ledger import AlertLedger
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.settings import Settings
@@ -64,19 +67,28 @@ class ProcessingContext:
         self.settings = settings
         self.name = name
         # The socket timeout outlasts a BLPOP slice (wait_for_images blocks up to a second).
-        self.redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s + 5)
+        self.redis = make_redis(settings.redis, settings.retry, name=f"activator-{name}",
+                                socket_timeout_s=settings.redis.socket_timeout_s + 5)
         self.s3: Any = s3.make_client(settings.s3)
         self.producer: Producer = kafka.make_producer(settings.kafka)
         self.attempt = uuid.uuid4().hex[:8]  # names this run's output RUNs: a later attempt never reuses one
         self._central: Butler | None = None
         self._apdb: Apdb | None = None
+        self._ledger: AlertLedger | None = None
+        self.alert_deliveries = AlertDeliveries()
         self.alert_schema: AlertSchema = load_schema(settings.alerts.schema_version)
         self._local: dict[str, LocalRepo] = {}
         self.lookups: dict[str, str | None] = {}  # ids looked up once per run (e.g. the rerun deployment's)
         self.stopping = threading.Event()
+        self.lease: Lease | None = None  # the activator's claim on the entry in hand (None: a rerun)
         # Off the critical path: reports (Prefect artifacts) and parallel uploads.
         self.reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pp-report")
         self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pp-upload")
+
+    def check_lease(self) -> None:
+        """``LeaseLost`` if the entry in hand may be another activator's by now (before any effect)."""
+        if self.lease is not None:
+            self.lease.check()
 
     def local_repo(self, instrument: str) -> LocalRepo:
         """This run's local Butler repository for ``instrument``, made on first use (~0.3 s; the first
@@ -97,6 +109,13 @@ class ProcessingContext:
             self._apdb = open_apdb(self.settings.apdb)
         return self._apdb
 
+    @property
+    def ledger(self) -> AlertLedger:
+        """The alerts ledger in the APDB's database, opened on first use."""
+        if self._ledger is None:
+            self._ledger = open_ledger(self.settings.apdb)
+        return self._ledger
+
     def end_visit(self, instrument: str) -> None:
         """A visit-detector is done: its local repository drops what it does not cache."""
         local = self._local.get(instrument)
@@ -110,6 +129,8 @@ class ProcessingContext:
         self.producer.flush(10)
         self.redis.close()
         self.s3.close()
+        if self._ledger is not None:
+            self._ledger.close()
         for local in self._local.values():
             local.close()
         if self._central is not None:

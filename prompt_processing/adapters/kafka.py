@@ -16,13 +16,15 @@ from prompt_processing.settings import KafkaSettings
 
 
 def make_producer(kafka: KafkaSettings, *, linger_ms: int = 0) -> Producer:
-    """An idempotent producer: a retried send is written once per partition."""
+    """An idempotent producer: a retried send is written once per partition; every message is confirmed
+    or failed within ``delivery_timeout_s``."""
     return Producer(
         {
             **kafka.client_config(),
             "enable.idempotence": True,
             "linger.ms": linger_ms,
             "acks": "all",
+            "message.timeout.ms": int(kafka.delivery_timeout_s * 1000),
         }
     )
 

@@ -23,9 +23,18 @@ def append_result(
 ) -> None:
     """Add one outcome record to the instrument's results stream (values JSON unless already text);
     records older than ``retention_s`` are trimmed (approximately) as new ones arrive."""
-    record: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in outcome.items()}
-    oldest_ms = int((time.time() - retention_s) * 1000)
-    client.xadd(naming.results_stream(instrument), record, minid=f"{oldest_ms}-0", approximate=True)
+    record: dict[Any, Any] = result_fields(outcome)
+    client.xadd(naming.results_stream(instrument), record, minid=results_minid(retention_s), approximate=True)
+
+
+def result_fields(outcome: dict[str, Any]) -> dict[str, str]:
+    """An outcome as a results-stream record: values JSON unless already text."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in outcome.items()}
+
+
+def results_minid(retention_s: float) -> str:
+    """The oldest entry id a results stream keeps with ``retention_s``."""
+    return f"{int((time.time() - retention_s) * 1000)}-0"
 
 
 def read_results(client: redis.Redis, instrument: str) -> list[dict[str, str]]:

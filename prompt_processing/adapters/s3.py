@@ -8,6 +8,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from prompt_processing.adapters.errors import is_transient
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.settings import S3Settings
 
@@ -16,7 +17,7 @@ class ObjectMissing(NonRetriableError):
     """The object does not exist (a missing calibration, template or raw)."""
 
 
-def make_client(s3: S3Settings) -> Any:
+def make_client(s3: S3Settings, *, read_timeout_s: float = 30.0, attempts: int = 3) -> Any:
     """A boto3 S3 client for the configured endpoint (path-style, bounded retries and timeouts)."""
     return boto3.client(
         "s3",
@@ -26,9 +27,9 @@ def make_client(s3: S3Settings) -> Any:
         region_name=s3.region,
         config=Config(
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
+            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=min(5.0, read_timeout_s),
+            read_timeout=read_timeout_s,
         ),
     )
 
@@ -46,17 +47,22 @@ def ensure_buckets(client: Any, buckets: list[str]) -> list[str]:
 
 def get_bytes(client: Any, bucket: str, key: str, first_bytes: int | None = None) -> bytes:
     """The object's content (only its first ``first_bytes``, with a ranged GET, if given); ObjectMissing if
-    absent, RetriableError if S3 is unreachable or failing."""
+    absent, RetriableError if S3 is unreachable or failing (``adapters.errors``), NonRetriableError if it
+    refuses (access denied, a bad request)."""
     ranged = {} if first_bytes is None else {"Range": f"bytes=0-{first_bytes - 1}"}
     try:
         body: bytes = client.get_object(Bucket=bucket, Key=key, **ranged)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+        if code in ("NoSuchKey", "404"):
             raise ObjectMissing(f"s3://{bucket}/{key} does not exist") from exc
-        raise RetriableError(f"S3 GET s3://{bucket}/{key} failed: {code or exc}") from exc
+        if is_transient(exc):
+            raise RetriableError(f"S3 GET s3://{bucket}/{key} failed: {code or exc}") from exc
+        raise NonRetriableError(f"S3 GET s3://{bucket}/{key} refused: {code or exc}") from exc
     except BotoCoreError as exc:
-        raise RetriableError(f"S3 GET s3://{bucket}/{key} failed: {exc}") from exc
+        if is_transient(exc):
+            raise RetriableError(f"S3 GET s3://{bucket}/{key} failed: {exc}") from exc
+        raise NonRetriableError(f"S3 GET s3://{bucket}/{key} refused: {exc}") from exc
     return body
 
 
@@ -65,4 +71,6 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, content_type: str
     try:
         client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except (ClientError, BotoCoreError) as exc:
-        raise RetriableError(f"S3 PUT s3://{bucket}/{key} failed: {exc}") from exc
+        if is_transient(exc):
+            raise RetriableError(f"S3 PUT s3://{bucket}/{key} failed: {exc}") from exc
+        raise NonRetriableError(f"S3 PUT s3://{bucket}/{key} refused: {exc}") from exc

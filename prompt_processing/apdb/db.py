@@ -2,8 +2,9 @@
 
 The schema is the one ``lsst-sdm-schemas`` ships (``apdb.yaml``); the tables are made by
 ``ApdbSql.init_database``, which keeps what a database already holds, so ``init_apdb`` is safe to
-run again. Workers open it with the same settings (``open_apdb``): a database that was never
-initialised is a clear ``ApdbMissing``, not a SQL error in the middle of a visit.
+run again; it also makes the alerts ledger's tables (``apdb.ledger``). Workers open it with the
+same settings (``open_apdb``): a database that was never initialised is a clear ``ApdbMissing``,
+not a SQL error in the middle of a visit.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ import sqlalchemy
 from lsst.dax.apdb import Apdb
 from lsst.dax.apdb.sql import ApdbSql, ApdbSqlConfig
 
+from prompt_processing.apdb.ledger import AlertLedger
 from prompt_processing.settings import ApdbSettings
-
-OUTAGES: tuple[type[BaseException], ...] = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                                            ConnectionError, TimeoutError)  # fmt: skip
-"""Errors of an unreachable or overloaded database: worth another try, unlike a schema or data error."""
 
 
 class ApdbMissing(RuntimeError):
@@ -30,17 +28,18 @@ class ApdbMissing(RuntimeError):
 def init_apdb(settings: ApdbSettings, *, drop: bool = False) -> str:
     """Create the APDB's tables where they are missing (``drop``: all anew, losing what was there);
     a SQLite file's directory is made. Returns the schema version the database holds."""
-    url = _url(settings)
+    url = engine_url(settings)
     if url.startswith("sqlite"):
         Path(urlsplit(url).path).parent.mkdir(parents=True, exist_ok=True)
     ApdbSql.init_database(db_url=url, namespace=settings.namespace, connection_timeout=settings.connection_timeout_s,
                           read_sources_months=settings.prior_sources_months, drop=drop)  # fmt: skip
+    open_ledger(settings, drop=drop).close()
     return schema_version(open_apdb(settings))
 
 
 def open_apdb(settings: ApdbSettings) -> Apdb:
     """A client of the APDB (connections are made on use); ApdbMissing if it was never initialised."""
-    config = ApdbSqlConfig(db_url=_url(settings), namespace=settings.namespace,
+    config = ApdbSqlConfig(db_url=engine_url(settings), namespace=settings.namespace,
                            read_sources_months=settings.prior_sources_months)  # fmt: skip
     config.connection_config.connection_timeout = settings.connection_timeout_s
     try:
@@ -55,12 +54,17 @@ def cached_apdb(db_url: str, namespace: str | None) -> Apdb:
     return open_apdb(ApdbSettings(db_url=db_url, namespace=namespace))
 
 
+def open_ledger(settings: ApdbSettings, *, drop: bool = False) -> AlertLedger:
+    """The alerts ledger in the APDB's database (``apdb.ledger``), its tables made if missing."""
+    return AlertLedger(engine_url(settings), settings.namespace, drop=drop)
+
+
 def schema_version(apdb: Apdb) -> str:
     """The schema version recorded in the database's metadata table."""
     return str(dict(apdb.metadata.items()).get("version:schema", "unknown"))
 
 
-def _url(settings: ApdbSettings) -> str:
+def engine_url(settings: ApdbSettings) -> str:
     """The database URL, PostgreSQL ones through psycopg2: lsst-dax-apdb writes columns that are all null
     (``validityEndMjdTai`` of new DiaObjects), which psycopg 3's server-side binding sends as text and
     PostgreSQL refuses for a float column; psycopg2 binds on the client, as Rubin runs it."""
@@ -74,4 +78,4 @@ def _url(settings: ApdbSettings) -> str:
 
 def safe_url(settings: ApdbSettings) -> str:
     """The database URL without its password, for messages."""
-    return sqlalchemy.engine.make_url(_url(settings)).render_as_string(hide_password=True)
+    return sqlalchemy.engine.make_url(engine_url(settings)).render_as_string(hide_password=True)

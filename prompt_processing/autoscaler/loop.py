@@ -71,7 +71,8 @@ from prefect.exceptions import ObjectNotFound, PrefectException
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from prompt_processing.adapters.health import HealthKey
-from prompt_processing.adapters.retry import retrying
+from prompt_processing.adapters.redis_client import make_redis
+from prompt_processing.adapters.retry import OutageWatch, retrying
 from prompt_processing.autoscaler.metrics import JobCounts, QueueMetrics, count_jobs, measure_queue
 from prompt_processing.autoscaler.rules import Decision, decide
 from prompt_processing.autoscaler.spec import Metric, ScaledJobSpec
@@ -157,10 +158,12 @@ class Autoscaler:
         self.last: dict[str, ScaleRecord] = {}
         self._exit = threading.Event()
         self._resources = ExitStack()
-        self._redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+        self._redis = make_redis(settings.redis, settings.retry, name=f"autoscaler-{self.name}")
         # The wake-up connection blocks in XREAD for up to _MAX_BLOCK_S: its timeout outlasts that.
         wake_timeout_s = _MAX_BLOCK_S + settings.redis.socket_timeout_s
-        self._wake = redis.Redis.from_url(settings.redis.url, socket_timeout=wake_timeout_s)
+        self._wake = make_redis(
+            settings.redis, settings.retry, name=f"autoscaler-{self.name}-wake", socket_timeout_s=wake_timeout_s
+        )
         self._prefect: SyncPrefectClient | None = None
         self._targets: dict[str, Target] = {}
         self._tails: dict[str, str] = {}
@@ -168,6 +171,7 @@ class Autoscaler:
         self._failures = {s.instrument: 0 for s in self.specs}
         self._pool_limits_set = not self.config.set_work_pool_limit
         self.health_key = HealthKey(self._redis, "autoscaler", self.name, ttl_s=self.config.health_ttl_s)
+        self.outages = OutageWatch(settings.retry.outage_alarm_s)
         self.metrics = AutoscalerMetrics()
         self._metrics_server = MetricsServer(self.metrics.registry)
         self.metrics_port: int | None = None  # bound by startup
@@ -243,8 +247,10 @@ class Autoscaler:
                                   claim_idle_s=contract.claim_idle_s,
                                   scan_limit=self.config.stale_scan_limit)  # fmt: skip
         except redis.RedisError as exc:
+            self.outages.failed("redis", exc)
             log.error("autoscaler %s: Redis unavailable (%s); retrying next tick", spec.instrument, exc)
             return None
+        self.outages.recovered("redis")
         self._tails[spec.stream] = queue.tail_id
         try:
             target = self._target(spec)
@@ -252,6 +258,7 @@ class Autoscaler:
         except PREFECT_ERRORS as exc:
             self._prefect_failed(spec, exc)
             return None
+        self.outages.recovered("prefect")
         measured_ms = (time.perf_counter() - started) * 1e3
         decision = decide(
             spec.scaling_strategy, queue.queue_length(spec.metric), spec.target, jobs.running, jobs.pending,
@@ -327,7 +334,7 @@ class Autoscaler:
         created: list[str] = []
         tags = [*TAGS, naming.instrument_tag(spec.instrument)]
         parameters = spec.parameters | {"queue": contract.model_dump()}
-        policy = retrying(self.settings.retry, f"flow-run creation for {spec.instrument}", retry_on=PREFECT_ERRORS,
+        policy = retrying(self.settings.retry, f"flow-run creation for {spec.instrument}", watch=self.outages,
                           attempts=self.config.create_attempts, give_up=lambda: self.should_exit)  # fmt: skip
         for index in range(n):
             key = f"pp-autoscaler/{spec.instrument}/{self.session}/{decision_no}/{index}"
@@ -346,6 +353,7 @@ class Autoscaler:
         return created, None
 
     def _prefect_failed(self, spec: ScaledJobSpec, exc: BaseException) -> None:
+        self.outages.failed("prefect", exc)
         gone = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 404
         if isinstance(exc, ObjectNotFound) or gone:  # not deployed yet, or deleted since it was looked up
             self._targets.pop(spec.deployment, None)
@@ -401,4 +409,4 @@ class Autoscaler:
 
     def _health(self) -> dict[str, Any]:
         return {"session": self.session, "decisions_made": self.decisions_made,
-                "decisions": {k: r.payload() for k, r in self.last.items()}}  # fmt: skip
+                "decisions": {k: r.payload() for k, r in self.last.items()}, **self.outages.snapshot()}  # fmt: skip

@@ -51,6 +51,25 @@ class SpecError(ValueError):
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @field_validator("*")
+    @classmethod
+    def _utf8(cls, value: Any) -> Any:
+        """Names and parameters go to Redis and the Prefect API: every text in them (nested too) must encode as
+        UTF-8, which a lone surrogate (a YAML ``"\\udc80"`` escape) does not."""
+        pending = [value]
+        while pending:  # a loop, not recursion: nesting as deep as YAML allows
+            item = pending.pop()
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError(f"{item[:40]!r} is not UTF-8 text (a lone surrogate)") from None
+            elif isinstance(item, dict):
+                pending.extend((*item.keys(), *item.values()))
+            elif isinstance(item, list | tuple):
+                pending.extend(item)
+        return value
+
 
 class RedisStreamsMetadata(_Model):
     """KEDA's ``redis-streams`` trigger metadata (numbers may be strings, as in KEDA)."""
@@ -175,12 +194,22 @@ def parse_specs(data: Any, *, source: str = "spec") -> list[ScaledJobSpec]:
 def load_specs(path: Path) -> list[ScaledJobSpec]:
     """Read and validate the spec file; raise ``SpecError`` with the file, field and reason."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes()  # YAML reads the encoding; bytes that are not UTF-8 are a YAML error
     except OSError as exc:
         raise SpecError(f"cannot read autoscaler spec {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path} is not valid YAML: {exc}") from exc
-    return parse_specs(data, source=str(path))
+    return loads_specs(text, source=str(path))
+
+
+def loads_specs(text: str | bytes, *, source: str = "spec") -> list[ScaledJobSpec]:
+    """Parse and validate a spec document; raises nothing but ``SpecError``: ``<source> is not valid YAML: ...``,
+    or one line per problem, ``<source>: <field path>: <why>``."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError as exc:
+        raise SpecError(f"{source} is not valid YAML: nested too deeply") from exc
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a 5,000-digit int, 2001-02-30, a \U escape past U+10FFFF
+        raise SpecError(f"{source} is not valid YAML: {exc}") from exc
+    return parse_specs(data, source=source)
 
 
 def dump_specs(specs: list[ScaledJobSpec]) -> str:
@@ -190,17 +219,25 @@ def dump_specs(specs: list[ScaledJobSpec]) -> str:
     return text
 
 
+_PLAIN_NAME, _PLAIN_LABEL = re.compile(r"[A-Za-z0-9_-]+"), re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _where(data: Any, loc: tuple[int | str, ...]) -> str:
-    """``scaledJobs[0] (LSSTCam).triggers[0].metadata.lagCount`` from a pydantic location."""
+    """``scaledJobs[0] (LSSTCam).triggers[0].metadata.lagCount`` from a pydantic location.
+
+    A key that is not a plain name is quoted (``scaledJobs[0].'max replicas'``), and an entry is labelled with
+    its instrument only when that is a plain name, so the path stays one unambiguous line.
+    """
     parts: list[str] = []
     node = data
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
             node = node[item] if isinstance(node, list) and item < len(node) else None
-            if isinstance(node, dict) and isinstance(node.get("instrument"), str):
-                parts[-1] += f" ({node['instrument']})"
+            label = node.get("instrument") if isinstance(node, dict) else None
+            if isinstance(label, str) and _PLAIN_LABEL.fullmatch(label):
+                parts[-1] += f" ({label})"
         else:
-            parts.append(item)
+            parts.append(item if _PLAIN_NAME.fullmatch(item) else repr(item))
             node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts) or "(top level)"

@@ -9,8 +9,9 @@ JSON, UTF-8, one event per visit-detector attempt::
 
 The refs carry their dataset ids, so ingesting an event twice finds the same datasets (and skips
 them). ``OutputEvent.from_json`` refuses anything else with ``BadOutputEvent``, whose ``kind`` names
-the dead-letter reason: a path must be relative and stay inside the datastore (an event must not make
-the writer adopt an arbitrary file).
+the dead-letter reason and whose text starts with the field at fault (``datasets[2].path: ...``, or
+``message: ...`` for input that is not a JSON object): a path must be relative and stay inside the
+datastore (an event must not make the writer adopt an arbitrary file).
 """
 
 from __future__ import annotations
@@ -63,42 +64,101 @@ class OutputEvent:
 
     @classmethod
     def from_json(cls, raw: bytes | None, universe: DimensionUniverse) -> OutputEvent:
-        """Parse and check an event; ``BadOutputEvent("malformed", ...)`` says what is wrong."""
-        try:
-            body = json.loads(raw or b"")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadOutputEvent("malformed", f"not JSON: {exc}") from exc
-        if not isinstance(body, dict) or body.get("type") != EVENT_TYPE or body.get("version") != VERSION:
-            raise BadOutputEvent("malformed", f"not a {EVENT_TYPE} event of version {VERSION}")
-        try:
-            records = [_record(item, universe) for item in body["dimension_records"]]
-            datasets = [(_path(item["path"]), _ref(item["ref"], universe)) for item in body["datasets"]]
-            about = dict(body.get("about", {}))
-        except (KeyError, TypeError, ValueError, ValidationError) as exc:
-            raise BadOutputEvent("malformed", f"{type(exc).__name__}: {exc!s:.300}") from exc
+        """Parse and check an event; raises nothing but ``BadOutputEvent("malformed", "<field>: <why>")``."""
+        body = _load(raw or b"")
+        version = body.get("version")
+        if body.get("type") != EVENT_TYPE:
+            raise _malformed(f"type: not a {EVENT_TYPE} event of version {VERSION} (got {body.get('type')!r:.60})")
+        if type(version) is not int or version != VERSION:
+            raise _malformed(f"version: not a {EVENT_TYPE} event of version {VERSION} (got {version!r:.60})")
+        about = body.get("about", {})
+        if not isinstance(about, dict):
+            raise _malformed(f"about: not a JSON object (got {type(about).__name__})")
+        records = [_record(item, universe, f"dimension_records[{i}]")
+                   for i, item in enumerate(_list(body, "dimension_records"))]  # fmt: skip
+        datasets = [(_path(item, f"datasets[{i}]"), _ref(item, universe, f"datasets[{i}]"))
+                    for i, item in enumerate(_list(body, "datasets"))]  # fmt: skip
         if not datasets:
-            raise BadOutputEvent("malformed", "no datasets")
+            raise _malformed("datasets: no datasets")
         return cls(records=records, datasets=datasets, about=about)
 
 
-def _record(item: dict[str, Any], universe: DimensionUniverse) -> DimensionRecord:
-    element = item["element"]
-    if element not in universe.elements.names:
-        raise ValueError(f"unknown dimension element {element!r}")
-    record = DimensionRecord.from_simple(SerializedDimensionRecord.model_validate(item["record"]), universe=universe)
+def _malformed(reason: str) -> BadOutputEvent:
+    return BadOutputEvent("malformed", reason)
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    """The event's JSON object; ``message: ...`` for invalid UTF-8 or JSON, too deep, a 5,000-digit number."""
+    try:
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise _malformed("message: not JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer beyond 4,300 digits
+        raise _malformed(f"message: not JSON: {exc!s:.200}") from exc
+    if not isinstance(body, dict):
+        raise _malformed(f"message: not a JSON object (got {type(body).__name__})")
+    return body
+
+
+def _list(body: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    """``body[field]``, a list of JSON objects."""
+    items = body.get(field)
+    if not isinstance(items, list):
+        raise _malformed(f"{field}: not a list (got {type(items).__name__})")
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _malformed(f"{field}[{index}]: not a JSON object (got {type(item).__name__})")
+    return items
+
+
+def _record(item: dict[str, Any], universe: DimensionUniverse, where: str) -> DimensionRecord:
+    element = item.get("element")
+    if not isinstance(element, str) or element not in universe.elements.names:
+        raise _malformed(f"{where}.element: unknown dimension element {element!r:.60}")
+    simple = _object(item, "record", where)
+    try:
+        record = DimensionRecord.from_simple(SerializedDimensionRecord.model_validate(simple), universe=universe)
+    except _BUTLER_REFUSALS as exc:
+        raise _malformed(f"{where}.record: {_why(exc)}") from exc
     if record.definition.name != element:
-        raise ValueError(f"record of {record.definition.name!r} given as {element!r}")
+        raise _malformed(f"{where}.element: record of {record.definition.name!r} given as {element!r}")
     return record
 
 
-def _ref(item: dict[str, Any], universe: DimensionUniverse) -> DatasetRef:
-    ref = DatasetRef.from_simple(SerializedDatasetRef.model_validate(item), universe=universe)
-    if ref.run is None:
-        raise ValueError(f"dataset {ref} has no RUN")
+def _ref(item: dict[str, Any], universe: DimensionUniverse, where: str) -> DatasetRef:
+    simple = _object(item, "ref", where)
+    try:
+        ref = DatasetRef.from_simple(SerializedDatasetRef.model_validate(simple), universe=universe)
+    except _BUTLER_REFUSALS as exc:
+        raise _malformed(f"{where}.ref: {_why(exc)}") from exc
+    if not ref.run:
+        raise _malformed(f"{where}.ref: dataset {ref} has no RUN")
     return ref
 
 
-def _path(path: Any) -> str:
+def _object(item: dict[str, Any], field: str, where: str) -> dict[str, Any]:
+    value = item.get(field)
+    if not isinstance(value, dict):
+        raise _malformed(f"{where}.{field}: not a JSON object (got {type(value).__name__})")
+    return value
+
+
+def _path(item: dict[str, Any], where: str) -> str:
+    path = item.get("path")
     if not isinstance(path, str) or not path or path.startswith("/") or "://" in path or ".." in path.split("/"):
-        raise ValueError(f"dataset path {str(path)[:120]!r} is not a relative path inside the datastore")
+        raise _malformed(f"{where}.path: dataset path {str(path)[:120]!r} is not a relative path inside the datastore")
     return path
+
+
+# What daf_butler's deserialisation raises for a record or ref it cannot rebuild: pydantic's ValidationError
+# (a ValueError), its own checks' ValueError, TypeError, KeyError, and sphgeom's RuntimeError for a region
+# that does not decode. Each is the event's fault, not the writer's.
+_BUTLER_REFUSALS: tuple[type[Exception], ...] = (ValueError, TypeError, LookupError, RuntimeError, ArithmeticError)
+
+
+def _why(exc: Exception) -> str:
+    """One line: pydantic's ``loc: msg`` per problem, else the exception's type and text."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(whole)'}: {e['msg']}"
+                         for e in exc.errors(include_url=False))[:300]  # fmt: skip
+    return f"{type(exc).__name__}: {exc!s:.200}"

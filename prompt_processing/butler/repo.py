@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import botocore.exceptions
 import sqlalchemy
 from lsst.daf.butler import Butler, Config, DatasetType, DimensionUniverse
 from lsst.daf.butler._collection_type import CollectionType
@@ -39,13 +38,6 @@ DIFFERENCE, MATCHED, DIFFERENCE_SUMMARY = "difference_image", "template_matched"
 DIA_DETECTED, DIA_OBJECTS, DIA_HISTORY = "dia_source_detector", "dia_object", "dia_source_history"
 ALERTS = "alert_packet"
 TEMPLATES_COLLECTION, REFCATS_COLLECTION = "templates", "refcats"
-
-OUTAGES: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, ConnectionError, TimeoutError,
-    botocore.exceptions.BotoCoreError,
-)  # fmt: skip
-"""A repository's database or datastore not answering (not a problem with the data): worth another try."""
-
 
 @dataclass(frozen=True)
 class DatasetTypeSpec:

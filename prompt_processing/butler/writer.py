@@ -23,8 +23,8 @@ from lsst.daf.butler._exceptions import MissingDatasetTypeError
 from lsst.daf.butler._exceptions_legacy import DatasetTypeError
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
+from prompt_processing.adapters.errors import is_transient
 from prompt_processing.butler.output_event import BadOutputEvent, OutputEvent
-from prompt_processing.butler.repo import OUTAGES
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class CentralWriter:
         self._types: dict[str, DatasetType] = {}
 
     def ingest(self, events: list[OutputEvent]) -> IngestReport:
-        """Ingest ``events`` (see the module docstring); raises only on an outage (``OUTAGES``)."""
+        """Ingest ``events`` (see the module docstring); raises only on an outage (``adapters.errors.is_transient``)."""
         report = IngestReport()
         good: list[tuple[int, OutputEvent]] = []
         for index, event in enumerate(events):
@@ -67,9 +67,9 @@ class CentralWriter:
             report.records = self._write([event for _, event in good])
             report.events, report.datasets = len(good), sum(len(e.datasets) for _, e in good)
             return report
-        except OUTAGES:
-            raise
         except Exception as exc:
+            if is_transient(exc):
+                raise
             if len(good) == 1:
                 report.rejected.append((good[0][0], _rejection(exc)))
                 return report
@@ -81,9 +81,9 @@ class CentralWriter:
                 report.records += self._write([event])
                 report.events += 1
                 report.datasets += len(event.datasets)
-            except OUTAGES:
-                raise
             except Exception as exc:
+                if is_transient(exc):
+                    raise
                 report.rejected.append((index, _rejection(exc)))
         return report
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.cli import state
 
 if TYPE_CHECKING:
@@ -55,11 +56,10 @@ def report(
 
 
 def _read(settings: Settings, instrument: str, night_id: str, *, alerts: bool) -> tuple[Night, int | None]:
-    import redis
 
     from prompt_processing.reporting.report import count_alerts, read_night
 
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+    client = make_redis(settings.redis, settings.retry, name="report")
     try:
         night = read_night(client, instrument, night_id)
     finally:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.cli import state
 
 if TYPE_CHECKING:
@@ -42,12 +43,11 @@ def rerun(
     if not failed and (group is None or detector is None):
         raise typer.BadParameter("give INSTRUMENT GROUP DETECTOR")
     settings = state(ctx).settings
-    import redis
 
     from prompt_processing.model.instruments import active_detector_table
     from prompt_processing.reporting.outcomes import Outcome, failed_since
 
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+    client = make_redis(settings.redis, settings.retry, name="rerun")
     try:
         if failed:
             instruments = [only_instrument] if only_instrument else list(active_detector_table(settings.instruments))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.cli import state
 from prompt_processing.settings import Settings
 
@@ -87,15 +88,21 @@ def reporter(ctx: typer.Context, check: CheckOption = False) -> None:
 
 
 def check_health(settings: Settings, kind: str, name: str | None) -> int:
-    """A liveness probe: 0 if the service on this host refreshed its health record recently, else 1."""
-    import redis
+    """A liveness probe: 0 if the service on this host refreshed its health record recently and reports
+    no outage (``adapters.retry.OutageWatch``), else 1."""
 
     from prompt_processing.adapters.health import read_health
 
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+    client = make_redis(settings.redis, settings.retry, name="check")
     try:
         health = read_health(client, kind, name or socket.gethostname())
     finally:
         client.close()
-    print(health or f"no fresh {kind} health record")
-    return 0 if health else 1
+    if health is None:
+        print(f"no fresh {kind} health record")
+        return 1
+    print(health)
+    if health.get("healthy") is False:
+        print(f"{kind} reports an outage: {health.get('outages')}")
+        return 1
+    return 0

@@ -1,6 +1,8 @@
 """Which next-visit messages are fanned out, and why the others are dead-lettered.
 
-Pure functions: the same message, clock and configuration always give the same verdict.
+Pure functions: the same message, clock and configuration always give the same verdict. ``admit``
+raises nothing but ``Rejected``, whose reason starts with the field at fault (``groupId: ...``), or
+``message: ...`` when the message is not a JSON object at all (``pp_devkit.fuzzing`` checks both).
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def admit(
     active: dict[str, tuple[int, ...]],
     message_expiration_s: float,
 ) -> tuple[NextVisit, str, tuple[int, ...]]:
-    """Return (event, canonical instrument name, active detectors) or raise Rejected."""
+    """Return (event, canonical instrument name, active detectors) or raise Rejected.
+
+    An admitted visit has a dayObs (``visit.day_obs()`` works: the activators name runs by it).
+    """
     if not raw:
-        raise Rejected(DeadLetterKind.MALFORMED, "empty message")
+        raise Rejected(DeadLetterKind.MALFORMED, "message: empty message")
     try:
         visit = NextVisit.from_json(raw)
     except EventError as exc:
@@ -49,15 +54,27 @@ def admit(
         served = ", ".join(sorted(active)) or "none"
         raise Rejected(
             DeadLetterKind.UNKNOWN_INSTRUMENT,
-            f"instrument {visit.instrument!r} is not served here (served: {served})",
+            f"instrument: {visit.instrument!r} is not served here (served: {served})",
         )
     age_s = now_utc_s - visit.sent_at_utc()
     if age_s > message_expiration_s:
+        stamp = "private_sndStamp" if visit.private_efdStamp is None else "private_efdStamp"
         raise Rejected(
             DeadLetterKind.EXPIRED,
-            f"sent {age_s:.0f} s ago, more than message_expiration_s={message_expiration_s:g}",
+            f"{stamp}: sent {age_s:.0f} s ago, more than message_expiration_s={message_expiration_s:g}",
         )
+    if not _has_day_obs(visit):
+        raise Rejected(DeadLetterKind.INVALID, f"startTime: {visit.startTime!r} is not a moment with a date (dayObs)")
     return visit, instrument.name, active[instrument.name]
+
+
+def _has_day_obs(visit: NextVisit) -> bool:
+    """Whether the shutter-open time falls in a calendar year 1..9999 (a float far out of it has no date)."""
+    try:
+        visit.day_obs()
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def _is_malformed(reason: str) -> bool:

@@ -3,16 +3,18 @@
 Field names are the summit's, unchanged. Parsing is strict: a wrong type is an error,
 never a silent coercion, and every error names the field. Stream entries are Redis
 string fields; ``FanOutEntry.from_fields(entry.to_fields())`` gives back an equal entry
-for every valid event (floats are written with ``repr``, which round-trips exactly).
+for every valid event (floats are written with ``repr``, which round-trips exactly), and
+``from_fields`` refuses anything else with ``EventError`` naming the field (``pp_devkit.fuzzing``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -57,6 +59,12 @@ def _finite(value: float) -> float:
 Text = Annotated[str, AfterValidator(_utf8)]
 Finite = Annotated[float, AfterValidator(_finite)]
 GroupId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+_GROUP_ID = re.compile(r"[!-~]{1,128}")
+
+
+def is_group_id(value: object) -> TypeGuard[str]:
+    """A valid ``groupId`` (as ``NextVisit`` takes it): 1 to 128 printable ASCII characters, no spaces."""
+    return isinstance(value, str) and _GROUP_ID.fullmatch(value) is not None
 
 
 class EventError(ValueError):
@@ -131,16 +139,21 @@ class FanOutEntry(BaseModel):
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes] | dict[str, str]) -> FanOutEntry:
-        """Rebuild an entry read from Redis (bytes or decoded strings)."""
-        text = {_text(k): _text(v) for k, v in fields.items()}
+        """Rebuild an entry read from Redis (bytes or decoded strings).
+
+        Raises nothing but EventError, ``not a fan-out entry: <field>: <why>`` naming the field at fault.
+        """
+        data: dict[str, Any] = {}
+        for key, value in fields.items():
+            name = _text(key, "field name")
+            data[name] = _from_field(name, _text(value, name))
+        if "detector" not in data:
+            raise EventError("not a fan-out entry: detector: Field required")
+        detector = data.pop("detector")
         try:
-            detector = int(text.pop("detector"))
-            data: dict[str, Any] = {}
-            for name, value in text.items():
-                data[name] = _from_field(name, value)
             return cls(visit=NextVisit.model_validate(data, strict=False), detector=detector)
-        except (KeyError, ValueError) as exc:
-            raise EventError(f"not a fan-out entry: {exc}") from exc
+        except ValidationError as exc:
+            raise EventError(f"not a fan-out entry: {_describe(exc)}") from exc
 
 
 _INT_FIELDS = {"salIndex", "scriptSalIndex", "coordinateSystem", "rotationSystem", "dome", "nimages",
@@ -166,17 +179,32 @@ def _to_field(value: object) -> str:
 
 
 def _from_field(name: str, value: str) -> object:
-    if name in _INT_FIELDS:
-        return int(value)
-    if name in _FLOAT_FIELDS:
-        return float(value)
-    if name == "position":
-        return tuple(json.loads(value))
+    """A stream field's value as NextVisit reads it (its checks come after); EventError naming the field."""
+    try:
+        if name in _INT_FIELDS or name == "detector":
+            if not _INTEGER.fullmatch(value):
+                raise ValueError(f"not an integer: {value!r:.40}")
+            return int(value)  # ValueError beyond 4,300 digits
+        if name in _FLOAT_FIELDS:
+            return float(value)
+        if name == "position":
+            position = json.loads(value)
+            return tuple(position) if isinstance(position, list) else position
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
+        raise EventError(f"not a fan-out entry: {name}: {exc!s:.120}") from exc
     return value
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _text(value: bytes | str, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventError(f"not a fan-out entry: {name}: not UTF-8 text ({value[:40]!r})") from exc
 
 
 def _describe(exc: ValidationError) -> str:

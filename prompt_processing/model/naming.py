@@ -49,11 +49,6 @@ def arrivals_key(instrument: str, group_id: str, snap: int, detector: int) -> st
     return f"{KEY_PREFIX}:arrivals:{instrument.lower()}:{group_id}:{snap}:{detector}"
 
 
-def published_key(instrument: str, group_id: str, detector: int) -> str:
-    """Set once a visit-detector's alerts were sent: it is never published twice."""
-    return f"{KEY_PREFIX}:published:{instrument.lower()}:{group_id}:{detector}"
-
-
 def dead_letter_stream(instrument: str) -> str:
     """Entries that failed ``max_deliveries`` times, with the reason."""
     return f"{stream_name(instrument)}:dead-letter"
@@ -118,3 +113,13 @@ def night_artifact_key(instrument: str, day_obs: str) -> str:
 def _artifact_key(text: str) -> str:
     key = "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower())
     return "-".join(part for part in key.split("-") if part)
+
+
+def epoch_key(kind: str) -> str:
+    """A service's marker that Redis still holds what it wrote (gone: Redis lost its data; see
+    ``KafkaService.check_redis``)."""
+    return f"{KEY_PREFIX}:{kind}:epoch"
+
+
+ROUTER_DEFERRED_KEY = f"{KEY_PREFIX}:router:deferred"
+"""Sidecar reads the router will try again (an S3 outage), scored by when (``services.router``)."""

@@ -23,6 +23,7 @@ class QueueContract(BaseModel):
     consumer_group: str = Field(min_length=1, description="Consumer group every activator reads it through.")
     claim_idle_s: float = Field(gt=0, description="A pending entry idle this long is reclaimed (a dead activator's).")
     max_deliveries: int = Field(ge=1, description="Deliveries before an entry goes to the dead-letter stream.")
+    retry_delay_s: float = Field(5.0, gt=0, description="First delay before a failed attempt is retried (doubles).")
 
     @classmethod
     def for_instrument(
@@ -34,4 +35,5 @@ class QueueContract(BaseModel):
             consumer_group=consumer_group or naming.consumer_group(instrument),
             claim_idle_s=queue.claim_idle_s,
             max_deliveries=queue.max_deliveries,
+            retry_delay_s=queue.retry_delay_s,
         )

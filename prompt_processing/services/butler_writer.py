@@ -26,11 +26,11 @@ import time
 from collections import Counter
 from typing import Any
 
-import redis
 from confluent_kafka import Message
 from lsst.daf.butler import Butler
 from prefect.events import emit_event
 
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.butler import repo
 from prompt_processing.butler.output_event import BadOutputEvent, OutputEvent
 from prompt_processing.butler.writer import CentralWriter, IngestReport
@@ -54,7 +54,7 @@ class ButlerWriterService(KafkaService):
             topic=k.butler_writer_topic, dead_letter_topic=k.butler_dead_letter_topic, batch_size=b.writer_batch_size,
             poll_timeout_s=0.5, health_ttl_s=b.writer_health_ttl_s, shutdown_deadline_s=b.writer_shutdown_deadline_s,
         )  # fmt: skip
-        client = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s)
+        client = make_redis(settings.redis, settings.retry, name=f"butler-writer-{socket.gethostname()}")
         self.metrics = ButlerWriterMetrics()
         m = settings.metrics
         endpoint = MetricsEndpoint(self.metrics.registry, m.host, m.butler_writer_port) if m.enabled else None
@@ -98,7 +98,7 @@ class ButlerWriterService(KafkaService):
             for message in messages:
                 self._consumer.store_offsets(message=message)
             self.commit()
-        self.health_key.refresh(self.health)
+        self.refresh_health()
 
     def _ingest(self, messages: list[Message]) -> None:
         events: list[OutputEvent] = []
@@ -112,7 +112,7 @@ class ButlerWriterService(KafkaService):
         if not events:
             return
         started = time.perf_counter()
-        report: IngestReport = self.retrying("butler", lambda: self.writer.ingest(events), retry_on=repo.OUTAGES)
+        report: IngestReport = self.retrying("butler", lambda: self.writer.ingest(events))
         self.last_batch_s = time.perf_counter() - started
         self.metrics.batch.observe(self.last_batch_s)
         for index, why in report.rejected:

@@ -12,6 +12,10 @@ exactly once while its de-duplication key lives (``dedup_ttl_s`` >= message expi
 * A bad message (not JSON, wrong types, unknown instrument, expired) is copied unchanged
   to the dead-letter topic with its reason in headers and counted; it never stops the
   service. Redis or Kafka outages are retried with backoff, never skipped.
+* Redis lost its data (restarted without persistence): the de-duplication keys went with the
+  streams, so the last ``replay_window_s`` of next-visit events is fanned out again
+  (``KafkaService.check_redis``); visits whose alerts were all sent are then recognised by the
+  activators from the alerts ledger (succeeded, "already done"), the others are processed.
 * SIGTERM/SIGINT: the current message is finished, offsets are committed, the consumer
   leaves its group and the process exits within ``shutdown_deadline_s``.
 """
@@ -27,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis
 from confluent_kafka import Message
 
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model import naming
@@ -105,10 +109,9 @@ class FanOutService(KafkaService):
             kind="fanout", name=f.consumer_name or socket.gethostname(), group_id=f.group_id,
             topic=k.next_visit_topic, dead_letter_topic=k.dead_letter_topic, batch_size=f.batch_size,
             poll_timeout_s=f.poll_timeout_s, health_ttl_s=f.health_ttl_s, shutdown_deadline_s=f.shutdown_deadline_s,
+            replay_window_s=f.replay_window_s,
         )  # fmt: skip
-        client = redis.Redis.from_url(
-            settings.redis.url, socket_timeout=settings.redis.socket_timeout_s, health_check_interval=10
-        )
+        client = make_redis(settings.redis, settings.retry, name=f"fanout-{config.name}")
         self.metrics = FanOutMetrics()
         m = settings.metrics
         endpoint = MetricsEndpoint(self.metrics.registry, m.host, m.fanout_port) if m.enabled else None
@@ -138,6 +141,8 @@ class FanOutService(KafkaService):
                 message_expiration_s=self.settings.fanout.message_expiration_s,
             )
         except Rejected as rejected:
+            if self.replaying(message):  # dead-lettered (or expired since) the first time
+                return
             self.dead_letter(message, str(rejected.kind), rejected.reason)
             self.metrics.messages.labels("dead_lettered").inc()
             self.metrics.dead_lettered.labels(str(rejected.kind)).inc()

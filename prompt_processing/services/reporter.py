@@ -26,6 +26,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from prompt_processing.adapters.health import HealthKey
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.results import read_entries
 from prompt_processing.model import naming
 from prompt_processing.model.events import day_obs
@@ -58,7 +59,9 @@ class ReporterService:
         self._dirty: set[NightKey] = set()
         self._last_ids: dict[str, str] = {}  # stream -> the last entry id folded (set by startup)
         self._written_at = 0.0
-        self._redis = redis.Redis.from_url(settings.redis.url, socket_timeout=settings.redis.socket_timeout_s + 30)
+        self._redis = make_redis(
+            settings.redis, settings.retry, name="reporter", socket_timeout_s=settings.redis.socket_timeout_s + 30
+        )
         self._resources = ExitStack()
         self._artifacts: NightArtifacts | None = None
         self.health_key = HealthKey(self._redis, "reporter", self.name, ttl_s=self.config.health_ttl_s)
