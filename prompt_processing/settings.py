@@ -240,7 +240,7 @@ class RouterSettings(BaseModel):
 class RetrySettings(BaseModel):
     """The one retry policy for calls to Redis, Kafka, S3, the databases and the Prefect API (``adapters.retry``).
 
-    Only failures ``adapters.errors`` classes as transient (or as a refusal of our configuration) are
+    Only failures ``model.failures`` classes as transient (or as a refusal of our configuration) are
     retried; a permanent one goes to the message's dead-letter destination. The pause after a failed
     try starts at ``first_delay_s`` and doubles up to ``max_delay_s``, plus up to ``jitter_s`` at
     random. A service never skips a message: it retries until the call succeeds or it is asked to

@@ -5,10 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 
 from prompt_processing.activator.context import ProcessingContext
-from prompt_processing.adapters.errors import is_transient
 from prompt_processing.apdb.db import ApdbMissing
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
+from prompt_processing.model.failures import is_transient
 
 
 class ApdbState(StrEnum):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.adapters.errors import transient_as_retriable
 from prompt_processing.butler.local import Preloaded
 from prompt_processing.model.events import NextVisit
+from prompt_processing.model.failures import transient_as_retriable
 from tasks.common import step
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from lsst.daf.butler import DatasetRef
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.adapters.errors import is_transient
 from prompt_processing.butler import repo
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
+from prompt_processing.model.failures import is_transient
 from prompt_processing.pipelines.runner import NoPipeline, PipelineFailed, run_pipelines
 from tasks.apdb_state import ApdbState
 from tasks.common import step

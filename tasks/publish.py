@@ -11,11 +11,11 @@ from typing import Any
 import astropy.time
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.adapters.errors import transient_as_retriable
 from prompt_processing.butler import repo
 from prompt_processing.butler.local import LocalRepo
 from prompt_processing.model.errors import RetriableError
 from prompt_processing.model.events import NextVisit
+from prompt_processing.model.failures import transient_as_retriable
 from tasks.apdb_state import ApdbState
 from tasks.common import step
 from tasks.process import Processed

@@ -27,10 +27,10 @@ from prefect.transactions import CommitMode, transaction
 from prefect.utilities.context import get_task_and_flow_run_ids
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.adapters.errors import transient_as_retriable
 from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
+from prompt_processing.model.failures import transient_as_retriable
 from prompt_processing.pipelines.selection import Unselected, select_pipelines
 from tasks.apdb_state import ApdbState, apdb_state
 from tasks.common import run_step

@@ -13,12 +13,12 @@ from lsst.daf.butler import DatasetRef, DimensionRecord
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
 from prompt_processing.adapters import s3
-from prompt_processing.adapters.errors import is_transient, transient_as_retriable
 from prompt_processing.butler.records import HeaderMismatch
 from prompt_processing.imaging.fits_io import HEADER_PROBE_BYTES, fits_header, from_fits_bytes
 from prompt_processing.model import naming
 from prompt_processing.model.errors import ImageTimeout, NonRetriableError, RetriableError, VisitError
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
+from prompt_processing.model.failures import is_transient, transient_as_retriable
 from tasks.common import step
 
 _BLPOP_SLICE_S = 1.0  # so a stopping activator notices within a second

@@ -1,4 +1,4 @@
-"""The failure classes of ``adapters.errors`` (pure: errors built as the clients build them) and the
+"""The failure classes of ``model.failures`` (pure: errors built as the clients build them) and the
 outage watch of ``adapters.retry``."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sqlalchemy.exc
 from confluent_kafka import KafkaError, KafkaException
 from redis._parsers.base import BaseParser
 
-from prompt_processing.adapters.errors import Failure, classify, is_transient, redis_code, transient_as_retriable
 from prompt_processing.adapters.retry import OutageWatch
 from prompt_processing.model.errors import NonRetriableError, RetriableError
+from prompt_processing.model.failures import Failure, classify, is_transient, redis_code, transient_as_retriable
 
 
 def redis_reply(text: str) -> redis.exceptions.RedisError:

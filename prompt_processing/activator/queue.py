@@ -38,11 +38,11 @@ from typing import Any
 import redis
 
 from prompt_processing.activator.scripts import QueueScripts
-from prompt_processing.adapters.errors import redis_code
 from prompt_processing.adapters.results import result_fields, results_minid
 from prompt_processing.model import naming
 from prompt_processing.model.errors import VisitError
 from prompt_processing.model.events import EventError, FanOutEntry
+from prompt_processing.model.failures import redis_code
 from prompt_processing.model.queue_contract import QueueContract
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The one retry policy for calls to Redis, Kafka, S3, the databases and the Prefect API (tenacity).
 
-A call is retried only when ``adapters.errors`` classes its error as transient (an outage: never
+A call is retried only when ``model.failures`` classes its error as transient (an outage: never
 a permanent answer or a refusal of our configuration, never by reading a message). The pause
 starts at ``RetrySettings.first_delay_s``, doubles up to ``max_delay_s``, plus a random jitter of
 up to ``jitter_s`` so that many clients do not retry in step. It stops after ``attempts`` tries
@@ -19,7 +19,7 @@ from typing import Any
 
 import tenacity
 
-from prompt_processing.adapters.errors import Failure, classify, is_transient
+from prompt_processing.model.failures import Failure, classify, is_transient
 from prompt_processing.settings import RetrySettings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from prompt_processing.adapters.errors import is_transient
 from prompt_processing.model.errors import NonRetriableError, RetriableError
+from prompt_processing.model.failures import is_transient
 from prompt_processing.settings import S3Settings
 
 
@@ -47,7 +47,7 @@ def ensure_buckets(client: Any, buckets: list[str]) -> list[str]:
 
 def get_bytes(client: Any, bucket: str, key: str, first_bytes: int | None = None) -> bytes:
     """The object's content (only its first ``first_bytes``, with a ranged GET, if given); ObjectMissing if
-    absent, RetriableError if S3 is unreachable or failing (``adapters.errors``), NonRetriableError if it
+    absent, RetriableError if S3 is unreachable or failing (``model.failures``), NonRetriableError if it
     refuses (access denied, a bad request)."""
     ranged = {} if first_bytes is None else {"Range": f"bytes=0-{first_bytes - 1}"}
     try:

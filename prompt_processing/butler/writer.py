@@ -23,8 +23,8 @@ from lsst.daf.butler._exceptions import MissingDatasetTypeError
 from lsst.daf.butler._exceptions_legacy import DatasetTypeError
 from lsst.daf.butler.registry import ConflictingDefinitionError
 
-from prompt_processing.adapters.errors import is_transient
 from prompt_processing.butler.output_event import BadOutputEvent, OutputEvent
+from prompt_processing.model.failures import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class CentralWriter:
         self._types: dict[str, DatasetType] = {}
 
     def ingest(self, events: list[OutputEvent]) -> IngestReport:
-        """Ingest ``events`` (see the module docstring); raises only on an outage (``adapters.errors.is_transient``)."""
+        """Ingest ``events`` (see the module docstring); raises only on an outage (``model.failures.is_transient``)."""
         report = IngestReport()
         good: list[tuple[int, OutputEvent]] = []
         for index, event in enumerate(events):

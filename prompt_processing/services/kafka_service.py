@@ -8,7 +8,7 @@ committed, only after ``handle()`` returned for it — that is, after its outcom
 durable (the subclass's write, or a confirmed copy on the dead-letter topic). A crash
 before the commit redelivers the message; subclasses make redelivery harmless. A bad
 message is dead-lettered unchanged, with its reason in headers. Failures of Redis, Kafka,
-S3 or a database are classed by ``adapters.errors``: an outage is retried with backoff
+S3 or a database are classed by ``model.failures``: an outage is retried with backoff
 (``adapters.retry``, bounds from ``PP_RETRY__*``), never skipped, and past ``outage_alarm_s``
 the health record says unhealthy; a permanent failure while handling a message (or any
 unexpected error: a bug) dead-letters that message with the reason, and the service goes on
@@ -32,10 +32,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from prompt_processing.adapters import kafka
-from prompt_processing.adapters.errors import Failure, classify, is_transient, kafka_error
 from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.retry import OutageWatch, retrying
 from prompt_processing.model import naming
+from prompt_processing.model.failures import Failure, classify, is_transient, kafka_error
 from prompt_processing.services.lifecycle import serve, shutdown_deadline
 from prompt_processing.services.metrics import MetricsServer
 from prompt_processing.settings import KafkaSettings, RetrySettings
@@ -271,7 +271,7 @@ class KafkaService:
         self.retrying("kafka", lambda: self._produce_confirmed(value, key, all_headers))
 
     def retrying[T](self, what: str, call: Callable[[], T]) -> T:
-        """Call until it succeeds; a failure ``adapters.errors`` classes transient backs off and is
+        """Call until it succeeds; a failure ``model.failures`` classes transient backs off and is
         retried (a shutdown request then raises ``Stopping``), a permanent one is raised at once.
 
         The first try is a plain call: tenacity's bookkeeping (~10 us a call) cost 5-10% of the
