@@ -249,7 +249,8 @@ def test_from_zero_runs_eager_creates_min_of_entries_and_max(
     assert sorted(str(r.id) for r in runs) == sorted(record.created)
     assert all(r.state.is_scheduled() and {"autoscaler", "instrument:LSSTCam"} <= set(r.tags) for r in runs)
     queue = {"stream": "instrument:lsstcam", "consumer_group": "lsstcam_consumer_group",
-             "claim_idle_s": settings.queue.claim_idle_s, "max_deliveries": settings.queue.max_deliveries}  # fmt: skip
+             "claim_idle_s": settings.queue.claim_idle_s, "max_deliveries": settings.queue.max_deliveries,
+             "retry_delay_s": settings.queue.retry_delay_s}  # fmt: skip
     assert all(r.parameters == {"instrument": "LSSTCam", "queue": queue} for r in runs)
 
 
@@ -341,7 +342,7 @@ def test_created_runs_carry_the_queue_contract_the_autoscaler_measured_with(
     assert record is not None and len(record.created) == 1
     run = scaled.client.read_flow_run(record.created[0])
     assert run.parameters["queue"] == {"stream": "instrument:hsc", "consumer_group": "hsc_consumer_group",
-                                       "claim_idle_s": 7.5, "max_deliveries": 5}  # fmt: skip
+                                       "claim_idle_s": 7.5, "max_deliveries": 5, "retry_delay_s": 5.0}  # fmt: skip
     assert (run.parameters["instrument"], run.parameters["max_visits"]) == ("HSC", 3)
 
 
