@@ -197,16 +197,41 @@ def _http_get_status(url: str, timeout_s: float, *, use_proxy: bool) -> int:
 # --------------------------------------------------------------------------- redis
 
 
+ADMIN_USER = "pp-admin"
+"""The embedded Redis's administrator when an ACL user is configured: the stack's probe and tests."""
+SERVICE_ACL = (
+    "~instrument:* ~presence:* ~pp:* resetchannels -@all +@read +@write +@stream +@list +@set +@sortedset "
+    "+@string +@hash +@keyspace +@transaction +@scripting +@connection +@blocking -@dangerous "
+    "+client|setname"
+)
+"""What the services' ACL user may do: the commands they use (streams, keys, transactions, scripts, blocking
+pops) on the key patterns they write (``model.naming``), nothing dangerous (FLUSHDB, CONFIG, KEYS, ...).
+Redis 7.0 knows no CLIENT SETINFO (redis-py ignores its refusal)."""
+
+
+def admin_redis(settings: Settings, *, timeout_s: float = 5.0, attempts: int = 1) -> Redis:
+    """A client of the embedded Redis with every right: ``pp-admin`` when an ACL user is configured, else the
+    default user with the configured password. For the dev kit and tests only."""
+    cfg = settings.redis
+    admin_password = settings.stack.redis_admin_password
+    username: str | None
+    password: str | None
+    if cfg.username and admin_password is not None:
+        username, password = ADMIN_USER, admin_password.get_secret_value()
+    else:
+        username, password = None, cfg.password.get_secret_value() if cfg.password else None
+    return Redis(
+        host=cfg.host, port=cfg.port, db=cfg.db, username=username, password=password,
+        socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=attempts - 1),
+    )  # fmt: skip
+
+
 def _redis_spec(settings: Settings) -> ServiceSpec:
     cfg = settings.redis
 
     def probe(timeout_s: float) -> str | None:
-        password = cfg.password.get_secret_value() if cfg.password else None
-        client = Redis(
-            host=cfg.host, port=cfg.port, db=cfg.db, password=password,
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), retries=0),  # the caller repeats probes; one attempt = one timeout
-        )  # fmt: skip
+        client = admin_redis(settings, timeout_s=timeout_s)  # one attempt = one timeout: the caller repeats
         try:
             client.ping()
             info = client.info("server")
@@ -221,7 +246,7 @@ def _redis_spec(settings: Settings) -> ServiceSpec:
         data_dir = state_dir / "redis"
         argv: list[str] = [str(redis_server_binary())]
         if cfg.password is not None:
-            argv.append(str(_write_redis_password_config(data_dir, cfg.password.get_secret_value())))
+            argv.append(str(_write_redis_auth_config(data_dir, settings)))
         # AOF, fsynced every second: a restart keeps the streams, groups and keys (at most ~1 s of writes
         # lost, which the fan-out's re-fan covers); no RDB snapshots.
         argv += ["--port", str(cfg.port), "--bind", cfg.host, "--save", "", "--appendonly", "yes",
@@ -256,15 +281,34 @@ def check_redis_version(info: dict[str, object], address: str) -> None:
         )
 
 
-def _write_redis_password_config(data_dir: Path, password: str) -> Path:
-    """A 0600 config file holding ``requirepass`` so the password is not on the command line."""
+def _write_redis_auth_config(data_dir: Path, settings: Settings) -> Path:
+    """A 0600 config file with the credentials, so no password is on the command line: with
+    ``redis.username`` (and ``stack.redis_admin_password``), the ACL users ``pp-admin`` (all rights) and
+    the services' user (``SERVICE_ACL``), the default user disabled; else ``requirepass``."""
+    cfg = settings.redis
+    assert cfg.password is not None
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "auth.conf"
+    admin = settings.stack.redis_admin_password
+    if cfg.username and admin is None:
+        raise StackError("redis.username is set: the embedded Redis also needs its administrator's password "
+                         "(PP_STACK__REDIS_ADMIN_PASSWORD) to create that ACL user")  # fmt: skip
+    if cfg.username and admin is not None:
+        lines = [
+            "user default off",
+            f"user {ADMIN_USER} on {_quoted('>' + admin.get_secret_value())} ~* &* +@all",
+            f"user {cfg.username} on {_quoted('>' + cfg.password.get_secret_value())} {SERVICE_ACL}",
+        ]
+    else:
+        lines = [f"requirepass {_quoted(cfg.password.get_secret_value())}"]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-        handle.write(f'requirepass "{quoted}"\n')
+        handle.write("\n".join(lines) + "\n")
     return path
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --------------------------------------------------------------------------- kafka

@@ -33,7 +33,11 @@ class RedisSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Redis host.")
     port: int = Field(16379, ge=1, le=65535, description="Redis port (embedded default avoids 6379).")
     db: int = Field(0, ge=0, le=15, description="Redis database number.")
-    username: str | None = Field(None, description="Redis ACL user (None: the default user).")
+    username: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Redis ACL user (None: the default user). The embedded stack creates it, limited to the "
+        "commands and key patterns the services use (pp_devkit.stack_services.SERVICE_ACL).",
+    )
     password: SecretStr | None = Field(None, description="Redis AUTH password, if any.")
     embedded: bool = Field(True, description="Start Redis with `pp stack up`; false = use an external one.")
     socket_timeout_s: float = Field(5.0, gt=0, description="Timeout of one Redis command.")
@@ -478,6 +482,10 @@ class StackSettings(BaseModel):
     state_dir: Path = Field(Path(".pp"), description="pid files, logs and data of the embedded stack.")
     start_timeout_s: float = Field(90.0, gt=0, description="Longest wait for one service to be healthy.")
     stop_timeout_s: float = Field(15.0, gt=0, description="Wait after SIGTERM before SIGKILL.")
+    redis_admin_password: SecretStr | None = Field(
+        None, description="With redis.username set: password of the embedded Redis's pp-admin user (the stack's "
+        "own checks and maintenance; services never use it). The default user is then disabled.",
+    )
 
 
 DEFAULT_INSTRUMENTS = ("LSSTCam", "LATISS", "HSC")

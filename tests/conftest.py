@@ -8,6 +8,7 @@ database and its own Kafka topics and consumer group.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from pp_devkit.stack import Stack, free_port
+from pp_devkit.stack_services import admin_redis
 from prompt_processing.adapters.kafka import ensure_topics
-from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.settings import (
     FanoutSettings,
     InstrumentSettings,
@@ -35,6 +37,12 @@ from prompt_processing.settings import (
 for _name in [n for n in os.environ if n.startswith(("PP_", "PREFECT_"))]:
     del os.environ[_name]  # a developer's PP_* or Prefect profile must not leak into the tests
 
+# The session's Redis has an ACL user for the services, limited as in production, with these credentials,
+# given to every process of the session (services in threads, flow runs in child processes) through the
+# environment, as a Secret would; the fixtures' own client is the stack's administrator.
+REDIS_USER, REDIS_PASSWORD, REDIS_ADMIN_PASSWORD = "pp-services", secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+os.environ["PP_REDIS__USERNAME"], os.environ["PP_REDIS__PASSWORD"] = REDIS_USER, REDIS_PASSWORD
+
 
 # Prefect reads its settings once, at import: point every flow run of the session (threads and
 # child processes alike) at the session's own server before any test module imports prefect.
@@ -48,13 +56,13 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pp-prefect-home-")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     state_dir: Path = tmp_path_factory.mktemp("pp-stack")
     settings = Settings(
-        redis=RedisSettings(port=free_port()),
+        redis=RedisSettings(port=free_port(), username=REDIS_USER, password=SecretStr(REDIS_PASSWORD)),
         kafka=KafkaSettings(port=free_port()),
         s3=S3Settings(port=free_port()),
         prefect=PrefectSettings(port=PREFECT_PORT),
         router=RouterSettings(http_port=0),
         metrics=MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0, butler_writer_port=0),
-        stack=StackSettings(state_dir=state_dir),
+        stack=StackSettings(state_dir=state_dir, redis_admin_password=SecretStr(REDIS_ADMIN_PASSWORD)),
     )
     stack = Stack(settings)
     try:
@@ -110,7 +118,7 @@ _TOPIC_FIELDS = ("next_visit_topic", "dead_letter_topic", "raw_notifications_top
 
 @pytest.fixture
 def redis_client(stack_settings: Settings) -> Iterator[redis.Redis]:
-    client = make_redis(stack_settings.redis, stack_settings.retry, name="test")
+    client = admin_redis(stack_settings)
     client.flushdb()
     yield client
     client.close()

@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 from redis import Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.retry import Retry
 
 from pp_devkit.stack import (
@@ -41,7 +41,9 @@ from pp_devkit.stack import (
     redis_server_binary,
     render_statuses,
 )
+from pp_devkit.stack_services import admin_redis
 from prompt_processing.adapters.redis_client import make_redis
+from prompt_processing.model import naming
 from prompt_processing.settings import (
     KafkaSettings,
     PrefectSettings,
@@ -399,6 +401,37 @@ def test_embedded_redis_honours_the_configured_password(make_stack: MakeStack) -
         pytest.raises((AuthenticationError, ResponseError)),
     ):
         anonymous.ping()
+
+
+def test_embedded_redis_acl_user_may_do_what_the_services_do_and_nothing_else(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    redis_settings = RedisSettings(port=free_port(), username="pp-svc", password=SecretStr("svc-s3cret"))
+    admin = StackSettings(state_dir=tmp_path / "acl", redis_admin_password=SecretStr("adm-s3cret"))
+    stack = make_stack(redis=redis_settings, stack=admin)
+    assert stack.up(["redis"])[0].state == "running"
+    argv = " ".join(json.loads((stack.settings.stack.state_dir / "redis.pid").read_text())["argv"])
+    assert "s3cret" not in argv
+    with make_redis(stack.settings.redis, stack.settings.retry, name="acl-test", socket_timeout_s=2) as client:
+        client.xadd("instrument:latiss", {"detector": "0"})
+        client.xgroup_create("instrument:latiss", "g", id="0")
+        assert client.xreadgroup("g", "c", {"instrument:latiss": ">"}, count=1)
+        client.set("pp:visit:latiss:g1", "x", ex=60)
+        client.zadd(naming.ROUTER_DEFERRED_KEY, {"m": 1.0})
+        assert client.register_script("return redis.call('GET', KEYS[1])")(keys=["pp:visit:latiss:g1"]) == b"x"
+        with pytest.raises(NoPermissionError):
+            client.set("someone-else:key", "x")  # outside the key patterns
+        with pytest.raises(NoPermissionError):
+            client.flushdb()  # dangerous
+        with pytest.raises(NoPermissionError):
+            client.config_get("requirepass")
+    with (
+        Redis(port=redis_settings.port, socket_timeout=2, retry=Retry(NoBackoff(), retries=0)) as anonymous,
+        pytest.raises((AuthenticationError, ResponseError)),
+    ):
+        anonymous.set("pp:x", "1")  # the default user is off
+    with admin_redis(stack.settings) as admin:
+        assert admin.flushdb()
 
 
 # --------------------------------------------------------------------------- failures

@@ -88,7 +88,8 @@ class RespConnection:
         self._reader = _new_reader()
         setup = []
         if s.password is not None:
-            setup.append(command(b"AUTH", s.password.get_secret_value().encode()))
+            user = [s.username.encode()] if s.username else []
+            setup.append(command(b"AUTH", *user, s.password.get_secret_value().encode()))
         setup.append(command(b"SELECT", str(s.db).encode()))
         sock.sendall(b"".join(setup))
         for reply in self._read(sock, len(setup)):
