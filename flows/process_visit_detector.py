@@ -17,28 +17,31 @@ limits) come from the run's own ``PP_*`` environment.
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.adapters.results import append_result
 from prompt_processing.model import naming
 from prompt_processing.model.errors import NonRetriableError
-from prompt_processing.model.events import NextVisit
+from prompt_processing.model.events import GroupId, NextVisit
 from prompt_processing.settings import Settings
 from tasks.logs import configure_run_logging
 from tasks.outcome import VisitOutcome, add_run_tags, outcome_state, report_outcome
 from tasks.visit import run_visit_detector
 
 Instrument = Literal["LSSTCam", "LATISS", "HSC"]
+DetectorId = Annotated[int, Field(ge=0)]
+"""The parameters are validated (Prefect, against these types) before the run touches Redis or S3."""
 
 
 @flow(name=naming.PROCESS_VISIT_DETECTOR_FLOW, flow_run_name="{instrument}-{group}-det{detector:03d}")
 def process_visit_detector(
-    instrument: Instrument, group: str, detector: int, rerun_of: str = "", force: bool = False
+    instrument: Instrument, group: GroupId, detector: DetectorId, rerun_of: str = "", force: bool = False
 ) -> State[VisitOutcome]:
     """Preload, wait for images, process and publish one visit-detector; the outcome is the result.
 

@@ -16,6 +16,7 @@ import typer
 
 from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.cli import state
+from prompt_processing.model.events import is_group_id
 
 if TYPE_CHECKING:
     from prompt_processing.reporting.outcomes import Outcome
@@ -42,6 +43,11 @@ def rerun(
         raise typer.BadParameter("give either INSTRUMENT GROUP DETECTOR or --failed")
     if not failed and (group is None or detector is None):
         raise typer.BadParameter("give INSTRUMENT GROUP DETECTOR")
+    for value in (group, only_group):
+        if value is not None and not is_group_id(value):
+            raise typer.BadParameter(f"group: {value!r:.140} is not a groupId (1-128 printable ASCII characters)")
+    if detector is not None and detector < 0:
+        raise typer.BadParameter(f"detector: {detector} is not a detector id (>= 0)")
     settings = state(ctx).settings
 
     from prompt_processing.model.instruments import active_detector_table
