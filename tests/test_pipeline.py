@@ -23,11 +23,13 @@ from typing import Any
 import astropy.time
 import pytest
 import redis
+import sqlalchemy.exc
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.wcs import WCS
 from lsst.resources import ResourcePath
 from lsst.sphgeom import LonLat, UnitVector3d
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, TaskRunFilter, TaskRunFilterName
 from prefect.client.schemas.objects import StateType
@@ -49,6 +51,7 @@ from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from prompt_processing.model.instruments import LATISS
 from prompt_processing.services.router import RouterService
 from prompt_processing.settings import ActivatorSettings, InstrumentSettings, QueueSettings, Settings, VisitSettings
+from tasks.outcome import VisitOutcome
 from tasks.visit import run_visit_detector
 from tests.helpers import Running, RunningFanOut, consume_all, decode_alerts, flow_run_env, visit_body, wait_for
 
@@ -356,3 +359,49 @@ def forget_alerts_sent(settings: Settings) -> None:
             connection.execute(ledger.done_table.delete())
     finally:
         ledger.close()
+
+
+@flow(name="publish-boundary-test", validate_parameters=False)
+def _in_a_flow(ctx: ProcessingContext, visit: NextVisit) -> VisitOutcome:
+    return run_visit_detector(ctx, visit, 0)
+
+
+def _fail_once(target: Any, name: str, monkeypatch: pytest.MonkeyPatch, error: Exception) -> list[int]:
+    """``target.name`` raises ``error`` on its first call, then works; returns the list of calls."""
+    calls: list[int] = []
+    original = getattr(target, name)
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, flaky)
+    return calls
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("boundary", ["apdb-store", "ledger-after-kafka"])
+def test_a_failure_at_a_publish_boundary_sends_each_alert_once(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, boundary: str
+) -> None:
+    """The APDB store fails before any alert went out, or the ledger insert fails after Kafka confirmed them:
+    publish is retried, and each alert is on the topic once (the second try waits for none and sends none
+    that Kafka confirmed)."""
+    body = pipeline.announce(f"boundary-{boundary}")
+    pipeline.land(body)
+    settings = pipeline.settings.model_copy(update={"visit": pipeline.settings.visit.model_copy(
+        update={"step_retries": 1, "step_retry_delay_s": 0.1})})  # fmt: skip
+    ctx = ProcessingContext(settings, name=f"boundary-{boundary}")
+    outage = sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+    try:
+        target = (ctx.apdb, "store") if boundary == "apdb-store" else (ctx.ledger, "record")
+        calls = _fail_once(*target, monkeypatch, outage)
+        outcome = _in_a_flow(ctx, NextVisit.from_json(json.dumps(body)))  # step retries log to their flow run
+        assert (outcome.status, len(calls)) == ("succeeded", 2), outcome
+        assert outcome.n_alerts >= 3
+    finally:
+        ctx.close()
+    alerts = pipeline.alerts(outcome.n_alerts + 1, timeout_s=5)  # one more than expected: none may come
+    assert len(alerts) == outcome.n_alerts == len({a["_key"] for a in alerts})
