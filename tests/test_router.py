@@ -13,6 +13,7 @@ import redis
 
 from pp_devkit.night import s3_notification
 from prompt_processing.adapters import kafka, s3
+from prompt_processing.adapters.health import read_health
 from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.model import layout, naming
 from prompt_processing.model.instruments import LSSTCAM
@@ -136,6 +137,7 @@ def test_a_sidecar_unreadable_during_an_s3_outage_is_deferred_not_blocking_then_
     """S3 answers nothing (here: an endpoint where nothing listens): the read fails fast, is kept in Redis and
     retried; notifications behind it are handled meanwhile; once S3 answers, the presence is recorded."""
     bucket, group = settings.s3.raw_bucket, "2026-11-28T04:05:06.789"
+    settings = settings.model_copy(update={"retry": settings.retry.model_copy(update={"outage_alarm_s": 0.5})})
     other_raw = layout.raw_key(LSSTCAM, "20261128", OBS, 95)
     _upload(settings, SIDECAR, json.dumps({"GROUPID": group, "CURINDEX": 1}).encode())
     with Running(RouterService(settings)) as router:
@@ -145,6 +147,11 @@ def test_a_sidecar_unreadable_during_an_s3_outage_is_deferred_not_blocking_then_
         _notify(settings, s3_notification(bucket, SIDECAR), s3_notification(bucket, other_raw))
         wait_for(lambda: router.counts["deferred"] >= 1 and router.counts["images"] == 1,
                  what="the read deferred and the next notification handled")  # fmt: skip
+        def reported() -> bool:  # past outage_alarm_s, in the health record --check reads
+            health = read_health(redis_client, "router", settings.router.consumer_name or "")
+            return health is not None and health["healthy"] is False and "s3" in health["outages"]
+
+        wait_for(reported, what="the S3 outage in the health record")
         (member,) = redis_client.zrange(naming.ROUTER_DEFERRED_KEY, 0, -1)
         assert json.loads(member)["key"] == SIDECAR
         assert redis_client.get(naming.presence_key("LSSTCam", group, 0, 94)) is None
@@ -152,3 +159,4 @@ def test_a_sidecar_unreadable_during_an_s3_outage_is_deferred_not_blocking_then_
         wait_for(lambda: redis_client.get(naming.presence_key("LSSTCam", group, 0, 94)) is not None,
                  timeout_s=40, what="the deferred read routed")  # fmt: skip
         wait_for(lambda: redis_client.zcard(naming.ROUTER_DEFERRED_KEY) == 0, what="the deferred read forgotten")
+        assert router.outages.healthy

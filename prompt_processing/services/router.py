@@ -216,8 +216,10 @@ class RouterService(KafkaService):
         try:
             sidecar = s3.get_bytes(self._s3, bucket, key)
         except RetriableError as exc:  # S3 slow or down: read it later, let the notifications behind it pass
+            self.outages.failed("s3", exc)
             self._defer(Deferred(bucket, key, landed_at, 0, time.time()), exc)
             return
+        self.outages.recovered("s3")
         self._record(bucket, raw, sidecar, landed_at)
 
     def _record(self, bucket: str, raw: RawKey, sidecar: bytes, landed_at: str) -> None:
@@ -275,10 +277,13 @@ class RouterService(KafkaService):
                 raw = parse_raw_key(item.key)
                 self._record(item.bucket, raw, s3.get_bytes(self._s3, item.bucket, item.key), item.landed_at)
             except RetriableError as exc:
+                self.outages.failed("s3", exc)
                 self._replace_deferred(member, item.retried(), exc)
                 return  # still down: the rest wait their turn
             except (LayoutError, BadNotification, NonRetriableError) as exc:
                 self._dead_letter_deferred(item, str(exc))
+            else:
+                self.outages.recovered("s3")
             self._forget_deferred(member)
 
     def _replace_deferred(self, member: bytes, item: Deferred, why: Exception) -> None:
