@@ -34,6 +34,7 @@ import threading
 import time
 from types import FrameType
 
+import redis
 from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
@@ -76,12 +77,12 @@ def activator(
     name = f"{socket.gethostname()}-{(flow_run.get_id() or 'local')[:8]}"
     ctx = ProcessingContext(settings, name)
     work = WorkQueue(ctx.redis, instrument, name, contract, block_s=a.block_s,
-                     results_retention_s=settings.visit.results_retention_s)  # fmt: skip
+                     results_retention_s=settings.visit.results_retention_s, retry=settings.retry)  # fmt: skip
     configure_run_logging(settings)
     signals = _stop_on_sigterm(ctx)
     counts = dict.fromkeys(COUNTS, 0)
     limit, idle_limit_s = max_visits or a.max_visits, idle_timeout_s or a.idle_timeout_s
-    work.ensure_group()
+    work.persistently("group check", work.ensure_group)
     last_work = time.monotonic()
     try:
         while not ctx.stopping.is_set() and sum(counts.values()) < limit:
@@ -93,7 +94,7 @@ def activator(
             counts[_run_one(ctx, work, item)] += 1
             last_work = time.monotonic()
     finally:
-        counts["handed_back"] += work.close()
+        counts["handed_back"] += _close(work)
         ctx.close()
     return _final_state(counts, signals)
 
@@ -121,11 +122,19 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
         logger.warning("%s %s det%03d not final (%r); handed back, retried in %.1f s (attempt %d of %d)",
                        visit.instrument, visit.groupId, detector, outcome, delay_s, item.deliveries + 1,
                        queue.max_deliveries)  # fmt: skip
-        queue.hand_back([item.entry_id], delays_s=[delay_s])
+        try:
+            queue.persistently("hand-back", lambda: queue.hand_back([item.entry_id], delays_s=[delay_s]))
+        except redis.RedisError as exc:  # it stays pending: reclaimed after claim_idle_s
+            logger.warning("could not hand back %s (%s); it is reclaimed after claim_idle_s", item.entry_id, exc)
         return "handed_back"
     timing = {"pickup_ms": (outcome.started_at or picked_up_at) * 1e3 - item.queued_at_ms, "wall_s": wall_s,
               "overhead_s": outcome.overhead_s + wall_s - outcome.total_s}  # fmt: skip
-    return outcome.status if queue.finish(item, outcome.record() | timing) else "lost"
+    try:
+        recorded = queue.persistently("finish", lambda: queue.finish(item, outcome.record() | timing))
+    except redis.RedisError as exc:  # redelivered after claim_idle_s; the alerts ledger makes it "already done"
+        logger.error("outcome of %s not recorded (%s); the entry is redelivered", item.entry_id, exc)
+        return "lost"
+    return outcome.status if recorded else "lost"
 
 
 @functools.cache
@@ -140,6 +149,15 @@ def _tagged_task(instrument: str) -> Task[[ProcessingContext, NextVisit, int, in
     artifact key and the event; reruns, which are flow runs, carry all three tags.
     """
     return visit_detector_task.with_options(tags=[naming.instrument_tag(instrument)])
+
+
+def _close(work: WorkQueue) -> int:
+    """Hand back what is pending and leave the group; with Redis away, leave it to be reclaimed."""
+    try:
+        return work.persistently("close", work.close)
+    except redis.RedisError as exc:
+        get_run_logger().warning("could not hand back pending entries (%s); reclaimed after claim_idle_s", exc)
+        return 0
 
 
 def _final_state(counts: dict[str, int], signals: list[int]) -> State[dict[str, int]]:

@@ -8,11 +8,13 @@ import time
 import pytest
 import redis
 
+from pp_devkit.stack import free_port
 from prompt_processing.activator.queue import LeaseLost, WorkQueue
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.model import naming
 from prompt_processing.model.events import FanOutEntry, NextVisit
 from prompt_processing.model.queue_contract import QueueContract
-from prompt_processing.settings import QueueSettings
+from prompt_processing.settings import QueueSettings, RedisSettings, RetrySettings
 from tests.helpers import visit_body
 
 STREAM, GROUP = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
@@ -166,3 +168,17 @@ def test_a_failed_attempt_comes_back_after_its_backoff_to_any_activator(redis_cl
     time.sleep(delay_s)
     again = other.next()
     assert again is not None and again.entry_id == item.entry_id and again.deliveries == 2
+
+
+def test_with_redis_unreachable_next_waits_and_returns_nothing_and_persistent_calls_give_up() -> None:
+    """An activator outlives a Redis outage: no work while it lasts (its idle clock runs), and a finish or
+    hand-back is retried while the entry can still be its own (then the error is raised, for it to log)."""
+    nowhere = make_redis(RedisSettings(port=free_port()), RetrySettings(redis_attempts=1), name="test")
+    contract = QueueContract.for_instrument("LATISS", QueueSettings(claim_idle_s=0.5))
+    queue = WorkQueue(nowhere, "LATISS", "w", contract, block_s=0.1, results_retention_s=60,
+                      retry=RetrySettings(first_delay_s=0.01, max_delay_s=0.05, jitter_s=0))  # fmt: skip
+    started = time.monotonic()
+    assert queue.next() is None
+    with pytest.raises(redis.ConnectionError):
+        queue.persistently("finish", lambda: queue.hand_back(["1-0"]))
+    assert 0.4 <= time.monotonic() - started < 5  # gave up after 0.8 x claim_idle_s, not at once, not never

@@ -30,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +39,13 @@ import redis
 
 from prompt_processing.activator.scripts import QueueScripts
 from prompt_processing.adapters.results import result_fields, results_minid
+from prompt_processing.adapters.retry import retrying
 from prompt_processing.model import naming
 from prompt_processing.model.errors import VisitError
 from prompt_processing.model.events import EventError, FanOutEntry
-from prompt_processing.model.failures import redis_code
+from prompt_processing.model.failures import is_transient, redis_code
 from prompt_processing.model.queue_contract import QueueContract
+from prompt_processing.settings import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ class WorkQueue:
 
     def __init__(
         self, client: redis.Redis, instrument: str, consumer: str, contract: QueueContract, *, block_s: float,
-        results_retention_s: float,
+        results_retention_s: float, retry: RetrySettings | None = None,
     ) -> None:  # fmt: skip
         self.client = client
         self.instrument = instrument
@@ -104,6 +106,7 @@ class WorkQueue:
         self.max_deliveries = contract.max_deliveries
         self._results_retention_s = results_retention_s
         self._scripts = QueueScripts(client)
+        self._retry = retry or RetrySettings()
 
     def ensure_group(self) -> None:
         """Create the group at ``$`` if it (or the stream) is missing; an existing one is kept."""
@@ -114,7 +117,25 @@ class WorkQueue:
                 raise
 
     def next(self) -> WorkItem | None:
-        """A stale entry of a dead activator if any, else a new one (blocking up to ``block_s``)."""
+        """A stale entry of a dead activator if any, else a new one (blocking up to ``block_s``); None
+        also while Redis is unreachable (after a pause of ``block_s``: the caller's idle clock runs on)."""
+        try:
+            return self._next()
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("%s: Redis unavailable (%s); trying again", self.stream, exc)
+            time.sleep(self._block_ms / 1000)
+            return None
+
+    def persistently[T](self, what: str, call: Callable[[], T]) -> T:
+        """``call`` retried on Redis outages (``PP_RETRY__*``) for up to ``LEASE_SAFETY`` x ``claim_idle_s``,
+        while the entry in hand can still be this activator's; then the last error is raised."""
+        deadline = time.monotonic() + LEASE_SAFETY * self._claim_idle_ms / 1000
+        policy = retrying(self._retry, f"{what} on {self.stream}", give_up=lambda: time.monotonic() > deadline)
+        return policy(call)
+
+    def _next(self) -> WorkItem | None:
         while True:
             claimed = self._claim_stale()
             if claimed is None:
