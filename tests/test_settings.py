@@ -26,8 +26,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_exported_sections_rebuild_the_same_values_in_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PP_REDIS__USERNAME")  # the session's credentials (conftest): not this child's
-    monkeypatch.delenv("PP_REDIS__PASSWORD")
     settings = Settings(
         redis=RedisSettings(port=1234, db=3),
         queue=QueueSettings(claim_idle_s=2.5, max_deliveries=7),
