@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check-install bench clean
+.PHONY: demo test lint check-install bench faults audit clean
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	scripts/bootstrap.sh $(VENV)
@@ -34,6 +34,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_butler --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_pipeline --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_soak --visits 2000 --output BENCHMARKS.md
+
+# One fault at a time into the embedded stack during simulated nights (~20 min), then 10,000 fuzzed
+# inputs per parser: RELIABILITY.md.
+faults: $(STAMP)
+	$(BIN)/python -m bench.faults --output RELIABILITY.md
+	$(BIN)/python -m bench.fuzz --cases 10000 --output RELIABILITY.md
+
+# Known vulnerabilities in requirements.lock (pip-audit; needs PyPI's JSON API or OSV, which this machine lacks).
+audit:
+	scripts/audit.sh
 
 clean:
 	rm -rf $(VENV) .pp .mypy_cache .ruff_cache
