@@ -58,7 +58,8 @@ class NotApplicable(Exception):
 class Injected:
     """One injected fault. ``start``/``end``: unix s of the outage (equal for an instantaneous kill).
     ``hit``: the visit-detector an activator held when killed. ``recovered_at``: set by faults whose
-    recovery is not seen in the outcome records (the Butler writer catching up)."""
+    recovery is not seen in the outcome records (the fan-out fanning out again, the Butler writer catching
+    up)."""
 
     start: float
     end: float
@@ -150,12 +151,10 @@ def _service_name(process: psutil.Process) -> str | None:
         cmdline = process.cmdline()
     except psutil.Error:
         return None
-    if cmdline[-4:-2] == ["worker", "start"] or cmdline[2:5] == ["prefect", "worker", "start"]:
+    if cmdline[2:5] == ["prefect", "worker", "start"]:  # [python, -m, prefect, worker, start, ...]
         return "prefect-worker"
-    if "prompt_processing.cli" in cmdline:
-        for command, name in SERVICE_NAMES.items():
-            if command in cmdline[cmdline.index("prompt_processing.cli") + 1 :][:1]:
-                return name
+    if cmdline[1:3] == ["-m", "prompt_processing.cli"] and len(cmdline) > 3:  # [python, -m, ..., <command>]
+        return SERVICE_NAMES.get(cmdline[3])
     return None
 
 
@@ -368,31 +367,70 @@ def router_kill(rig: Rig) -> Injected:
 
 
 def fanout_kill(rig: Rig) -> Injected:
-    """The fan-out SIGKILLed the moment a visit's entries appear in the stream (a blocking XREAD wakes
-    on them), i.e. after its Redis transaction and, most likely, before its Kafka offset commit; which
-    one it was is read back from the group's committed offset before the fan-out starts again.
-    Recovered when the next visit's entries appear."""
+    """The fan-out SIGKILLed after its Redis transaction and before its Kafka offset commit, held there: Redis
+    writes are paused (CLIENT PAUSE WRITE) until the fan-out's next transaction waits on its EXEC, then the
+    broker is frozen (SIGSTOP) and the pause lifted, so the transaction completes and the commit cannot; the
+    fan-out is killed as soon as the visit's entries appear, then the broker resumes. The committed offset
+    read back says whether the kill did land before the commit. Recovered when the next visit's entries
+    appear after the restart. (A plain kill on the entries' appearance lands after the commit: measured.)"""
     stream = naming.stream_name(INSTRUMENT)
     blocking = make_redis(rig.settings.redis, rig.settings.retry, name="faults-xread", socket_timeout_s=BUSY_WAIT_S + 5)
     try:
-        reply: Any = blocking.xread({stream: "$"}, count=1, block=int(BUSY_WAIT_S * 1000))
-        killed_at = rig.kill_service("fanout")
-        if not reply:
-            rig.start_service("fanout")
-            raise NotApplicable(f"no visit fanned out within {BUSY_WAIT_S:g} s")
-        group = _text(reply[0][1][0][1].get(b"groupId", b""))
+        last = _hold_fanout_in_transaction(rig)
+        killed_at, group = _kill_fanout_on_entries(rig, blocking, last)
         uncommitted = group in _uncommitted_groups(rig.settings)
         time.sleep(RESTART_AFTER_S)
-        last: Any = blocking.xrevrange(stream, count=1)
+        last = _last_entry(blocking)
         rig.start_service("fanout")
         restarted_at = time.time()
-        after = _text(last[0][0]) if last else "0-0"
-        following: Any = blocking.xread({stream: after}, count=1, block=int(BUSY_WAIT_S * 1000))
+        following: Any = blocking.xread({stream: last}, count=1, block=int(BUSY_WAIT_S * 1000))
     finally:
         blocking.close()
     when = "before its offset commit: redelivered" if uncommitted else "after its offset commit"
-    recovered_at = time.time() if following else None
-    return Injected(killed_at, restarted_at, f"killed {when}", recovered_at=recovered_at)
+    return Injected(killed_at, restarted_at, f"killed {when}", recovered_at=time.time() if following else None)
+
+
+def _hold_fanout_in_transaction(rig: Rig, timeout_s: float = 8.0) -> str:
+    """Pause Redis writes until the fan-out's transaction waits on its EXEC, freeze the broker, lift the pause;
+    return the stream's last entry id before the transaction."""
+    rig.redis.client_pause(int(timeout_s * 1000), all=False)
+    deadline = time.monotonic() + timeout_s - 1
+    try:
+        while not _fanout_in_transaction(rig):
+            if time.monotonic() > deadline:
+                raise NotApplicable(f"no visit came to the fan-out within {timeout_s - 1:g} s of paused writes")
+            time.sleep(0.02)
+        last = _last_entry(rig.redis)
+        os.killpg(rig.server_pid("kafka"), signal.SIGSTOP)
+    finally:
+        rig.redis.client_unpause()
+    return last
+
+
+def _kill_fanout_on_entries(rig: Rig, blocking: redis.Redis, after: str) -> tuple[float, str]:
+    """SIGKILL the fan-out as soon as entries follow ``after``, then resume the broker; (when, their groupId)."""
+    try:
+        reply: Any = blocking.xread({naming.stream_name(INSTRUMENT): after}, count=1, block=10_000)
+        killed_at = rig.kill_service("fanout")
+    finally:
+        os.killpg(rig.server_pid("kafka"), signal.SIGCONT)
+    if not reply:
+        rig.start_service("fanout")
+        raise NotApplicable("the held transaction did not complete within 10 s")
+    return killed_at, _text(reply[0][1][0][1].get(b"groupId", b""))
+
+
+def _fanout_in_transaction(rig: Rig) -> bool:
+    """Whether a connection of the fan-out process waits on its EXEC (CLIENT LIST flags ``x`` and ``b``)."""
+    port = rig.settings.redis.port
+    ours = {c.laddr.port for c in rig.processes["fanout"].net_connections("tcp") if c.raddr and c.raddr.port == port}
+    clients: Any = rig.redis.client_list()
+    return any({"x", "b"} <= set(c.get("flags", "")) and int(c["addr"].rsplit(":", 1)[1]) in ours for c in clients)
+
+
+def _last_entry(client: redis.Redis) -> str:
+    last: Any = client.xrevrange(naming.stream_name(INSTRUMENT), count=1)
+    return _text(last[0][0]) if last else "0-0"
 
 
 def writer_kill(rig: Rig) -> Injected:

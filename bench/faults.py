@@ -34,6 +34,7 @@ import itertools
 import os
 import platform
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     with _load_sampled() as load:
         rows = _run(settings, console, faults, size, rng, args.repeats)
     wall_s = time.monotonic() - started
-    plots = {row.fault_name: plot_fault(row, Path("bench/results")) for row in rows if row.results}
+    plots = {row.fault_name: plot_fault(row, args.plots) for row in rows if row.results}
     given = sys.argv[1:] if argv is None else argv
     command = ("make faults: " if given == ["--output", "RELIABILITY.md"] else "") + shlex.join(
         ["python", "-m", "bench.faults", *given])  # fmt: skip
@@ -211,6 +212,7 @@ def _load_sampled(every_s: float = 10.0) -> Iterator[list[float]]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("RELIABILITY.md"))
+    parser.add_argument("--plots", type=Path, default=Path("bench/results"), help="where the timelines go")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each fault (default 3)")
     parser.add_argument("--only", nargs="*", choices=[f.name for f in FAULTS], help="only these faults")
     parser.add_argument("--seed", type=int, default=None, help="default: a random one, printed")
@@ -394,12 +396,12 @@ def _open() -> threading.Event:
 
 
 def _ready(rig: Rig) -> list[str]:
-    """Every server and service running before a night: start what a fault left stopped; return what was."""
+    """Every server and service running and healthy before a night: start what a fault left stopped, wait for
+    what does not answer; return what was started."""
     statuses = rig.stack.status()
-    down = [s.name for s in statuses if s.state != "running"]
-    if down:
-        rig.stack.up(down)
-    return down + rig.restart_dead_services()
+    if any(s.state != "running" for s in statuses):
+        rig.stack.up([s.name for s in statuses if s.state != "running"])
+    return [s.name for s in statuses if s.state == "stopped"] + rig.restart_dead_services()
 
 
 def _play(settings: Settings, plan: NightPlan, night: _Night) -> None:
@@ -549,8 +551,15 @@ def measure(
         unique_alerts=unique, dead_lettered=dead, recovery_s=recovery_s(injected, outcomes, len(planned)),
         stall_s=stall_s([o.recorded_at for o in outcomes], injected.start),
         timeline=[(o.recorded_at, _kind(o)) for o in outcomes],
-        failures=[(o.error or o.reason)[:90] for o in outcomes if o.status == "failed"],
+        failures=[_failure(o) for o in outcomes if o.status == "failed"],
     )  # fmt: skip
+
+
+def _failure(outcome: Outcome, limit: int = 90) -> str:
+    """A failure's innermost error and message (``...: CalibrationError: too few stars``), shortened."""
+    found = list(re.finditer(r"\b\w+(Error|Exception|Timeout): ", outcome.reason))
+    text = outcome.reason[found[-1].start() :] if found else outcome.reason or outcome.error
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _kind(outcome: Outcome) -> str:
