@@ -220,7 +220,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--detectors", type=int, default=4)
     parser.add_argument("--cadence-s", type=float, default=2.0)
     parser.add_argument("--lead-s", type=float, default=20.0, help="next-visit event before the shutter opens (>= 20)")
-    parser.add_argument("--size-px", type=int, default=384, help="the smallest size whose PSF fits (256 px fails)")
+    parser.add_argument("--size-px", type=int, default=384,
+                        help="384: the PSF fits on most visit-detectors (a few CalibrationErrors); 256: on few")
     return parser.parse_args(argv)
 
 
