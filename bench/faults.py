@@ -100,8 +100,10 @@ STUCK_S = 2 * 5.0 + 120 + QUIET_S
 EXPOSURE_S = 5.0
 VisitDetector = tuple[str, int]
 STATUSES = {"succeeded": "tab:green", "already done": "tab:blue", "failed": "tab:red", "ignored": "tab:orange"}
-"""Outcome records by kind ("already done": a redelivered visit-detector recorded as done, not processed), and
-their colour in the timelines."""
+"""Outcome records by kind ("already done": a redelivered visit-detector recorded as done or as failed before, not
+processed again), and their colour in the timelines."""
+RECOGNISED = ("already done", "already failed")
+"""How the reason of a redelivered visit-detector's record starts when the ledger recognised it."""
 
 
 @dataclass(frozen=True)
@@ -564,13 +566,14 @@ def _failure(outcome: Outcome, limit: int = 90) -> str:
 
 
 def _kind(outcome: Outcome) -> str:
-    return "already done" if outcome.reason.startswith("already done") else outcome.status
+    return "already done" if outcome.reason.startswith(RECOGNISED) else outcome.status
 
 
 def processed_twice(outcomes: list[Outcome]) -> list[VisitDetector]:
-    """Visit-detectors with more than one succeeded/failed record (records of "already done" not counted)."""
+    """Visit-detectors with more than one succeeded/failed record (records of "already done" or "already failed"
+    not counted: the ledger recognised them, nothing was processed)."""
     counts = Counter((o.group, o.detector) for o in outcomes
-                     if o.status in ("succeeded", "failed") and not o.reason.startswith("already done"))  # fmt: skip
+                     if o.status in ("succeeded", "failed") and not o.reason.startswith(RECOGNISED))  # fmt: skip
     return sorted(vd for vd, n in counts.items() if n > 1)
 
 

@@ -49,6 +49,8 @@ def process(
         local = ctx.local_repo(visit.instrument)
         tries = clock.entries.get("process", 1)
         attempt = ctx.attempt if tries == 1 else f"{ctx.attempt}r{tries - 1}"
+        if state is ApdbState.STORED:  # its association config differs (read back): a RUN holds one config per task
+            attempt += "b"
         run = repo.output_run(visit.instrument, visit.day_obs(), visit.groupId, attempt)
         where = f"instrument='{visit.instrument}' AND visit={raws.visit_id} AND detector={detector}"
         try:

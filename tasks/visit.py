@@ -27,6 +27,7 @@ from prefect.transactions import CommitMode, transaction
 from prefect.utilities.context import get_task_and_flow_run_ids
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
+from prompt_processing.apdb.ledger import Failed
 from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
@@ -59,7 +60,9 @@ def run_visit_detector(
     ids); an alert the ledger holds never is again.
 
     Returns the final outcome: ``succeeded``, ``ignored`` (already processed) or ``failed``
-    (a ``NonRetriableError``: missing calibration, corrupt image, image never arrived...).
+    (a ``NonRetriableError``: missing calibration, corrupt image, image never arrived...). A final
+    failure is recorded in the ledger, and a redelivery of it is not processed again ("already failed:
+    <the first reason>"); a rerun is, and clears the record if it succeeds.
     Raises ``RetriableError`` (an outage that outlasted the steps' retries) or an unexpected
     error: not final, the caller decides what happens to the work entry.
     """
@@ -68,6 +71,8 @@ def run_visit_detector(
                            started_at=started_at, processed_by=ctx.name)  # fmt: skip
     clock, v = StepClock(visit_label(visit.instrument, visit.groupId, detector)), ctx.settings.visit
     try:
+        if not rerun:
+            _not_failed_before(ctx, visit, detector)
         pipelines = _pipelines(ctx, visit)
         with transaction(commit_mode=CommitMode.EAGER):
             inputs = run_step(preload, v, ctx, clock, visit, detector)
@@ -87,12 +92,38 @@ def run_visit_detector(
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
         outcome.status, outcome.reason, outcome.stopped_at = "failed", str(exc), clock.step
-        outcome.error = type(exc).__name__
+        outcome.error = exc.failed.error if isinstance(exc, AlreadyFailed) else type(exc).__name__
+        if not isinstance(exc, AlreadyFailed):
+            with transient_as_retriable("alerts ledger"):
+                ctx.ledger.record_failure(visit.instrument, visit.groupId, detector, reason=outcome.reason,
+                                          error=outcome.error, processed_by=ctx.name)  # fmt: skip
+    if rerun and outcome.status == "succeeded":
+        with transient_as_retriable("alerts ledger"):
+            ctx.ledger.clear_failure(visit.instrument, visit.groupId, detector)
     ctx.end_visit(visit.instrument)
     outcome.steps_s = clock.seconds
     outcome.total_s = time.perf_counter() - start
     outcome.max_rss_bytes = max_rss_bytes()
     return outcome
+
+
+class AlreadyFailed(NonRetriableError):
+    """A visit-detector redelivered to an activator after a final failure the ledger holds."""
+
+    def __init__(self, failed: Failed) -> None:
+        self.failed = failed
+        super().__init__(f"already failed: {failed.reason} (by {failed.processed_by}; not tried again, rerun it by "
+                         f"hand to retry)")  # fmt: skip
+
+
+def _not_failed_before(ctx: ProcessingContext, visit: NextVisit, detector: int) -> None:
+    """AlreadyFailed if the ledger holds a final failure of this visit-detector: a redelivery (its
+    acknowledgement was lost, or the fan-out re-fanned its visit after Redis lost the stream) does
+    not process it again, so it is never processed twice; operators rerun failures by hand."""
+    with transient_as_retriable("alerts ledger"):
+        failed = ctx.ledger.failure(visit.instrument, visit.groupId, detector)
+    if failed is not None:
+        raise AlreadyFailed(failed)
 
 
 def _pipelines(ctx: ProcessingContext, visit: NextVisit) -> list[str]:

@@ -209,6 +209,31 @@ def test_image_never_arrives_fails_clearly_and_is_final(pipeline: Pipeline) -> N
     assert "no raw image for LATISS visit no-image" in (run.state.message or "")
 
 
+@pytest.mark.timeout(180)
+def test_a_final_failure_redelivered_is_not_processed_again_until_rerun_by_hand(pipeline: Pipeline) -> None:
+    """A visit-detector that failed for good and comes back (its acknowledgement lost, or re-fanned after Redis
+    lost its stream) is recognised from the ledger: "already failed", not waited for again, not processed twice.
+    A rerun by hand does process it, and once it succeeded the failure is forgotten."""
+    body = pipeline.announce("failed-once", duration_s=0.5)
+    thread, counts = _activator_in_thread()
+    thread.join(60)
+    assert counts["failed"] == 1
+    visit = NextVisit.from_json(json.dumps(body))
+    ctx = ProcessingContext(pipeline.settings, name="redelivery-test")
+    try:
+        again = run_visit_detector(ctx, visit, 0)
+        assert (again.status, again.error) == ("failed", "ImageTimeout"), again
+        assert again.reason.startswith("already failed: no raw image for LATISS visit failed-once detector 0"), again
+        assert again.steps_s == {}  # neither preloaded nor waited for
+        pipeline.land(body)
+        rerun = run_visit_detector(ctx, visit, 0, rerun=True)
+        assert rerun.status == "succeeded", rerun
+        after = run_visit_detector(ctx, visit, 0)
+        assert (after.status, after.reason.split(":")[0]) == ("succeeded", "already done"), after
+    finally:
+        ctx.close()
+
+
 def test_a_raw_whose_sidecar_never_came_fails_saying_so(pipeline: Pipeline) -> None:
     body = pipeline.announce("no-sidecar", duration_s=0.5)
     pipeline.land(body, sidecar=False)
@@ -294,16 +319,17 @@ def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent
     the next run sends the very same alerts from the APDB's rows and stores nothing; the one after ignores it."""
     body = pipeline.announce("resume")
     pipeline.land(body)
-    thread, counts = _activator_in_thread()
-    thread.join(60)
-    assert counts["succeeded"] == 1
-    n = int(pipeline.results()[0]["n_alerts"])
-    first = pipeline.alerts(n)
-    assert len(first) == n >= 3
-    forget_alerts_sent(pipeline.settings)  # as if the worker died before the ledger heard of them
     visit = NextVisit.from_json(json.dumps(body))
     ctx = ProcessingContext(pipeline.settings, name="resume-test")
     try:
+        done = run_visit_detector(ctx, visit, 0)
+        assert done.status == "succeeded", done
+        n = done.n_alerts
+        first = pipeline.alerts(n)
+        assert len(first) == n >= 3
+        forget_alerts_sent(pipeline.settings)  # as if the worker died before the ledger heard of them
+        # The same activator again (as after a Redis loss): the read-back association has a config of its own,
+        # so it goes to a RUN of its own, not the first one's (a RUN holds one config per task).
         resumed = run_visit_detector(ctx, visit, 0)
         assert (resumed.status, resumed.n_alerts) == ("succeeded", n), resumed
         again = run_visit_detector(ctx, visit, 0)  # redelivered once more: already done, nothing sent

@@ -30,7 +30,7 @@ def test_the_demo_writes_no_secret_to_any_log_or_state_file(tmp_path: Path) -> N
     }  # fmt: skip
     pp = str(Path(sys.executable).parent / "pp")
     try:
-        demo = subprocess.run([pp, "demo", "--visits", "1", "--detectors", "2", "--size-px", "256"], env=env,
+        demo = subprocess.run([pp, "demo", "--visits", "1", "--detectors", "2", "--size-px", "512"], env=env,
                               cwd=PROJECT, capture_output=True, text=True, timeout=780, check=False)  # fmt: skip
     finally:
         subprocess.run([pp, "stack", "down"], env=env, cwd=PROJECT, capture_output=True, timeout=120, check=False)

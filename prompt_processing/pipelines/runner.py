@@ -107,7 +107,11 @@ def run_pipelines(
 
 def _execute(executor: SeparablePipelineExecutor, graph: Any, done: PipelineRun) -> None:
     start = time.perf_counter()
-    executor.pre_execute_qgraph(graph, register_dataset_types=True, save_init_outputs=True, save_versions=False)
+    try:  # the configs and other init-outputs: one that differs from the RUN's is final (a bug), not an outage
+        executor.pre_execute_qgraph(graph, register_dataset_types=True, save_init_outputs=True, save_versions=False)
+    except Exception as exc:
+        done.execute_s = time.perf_counter() - start
+        raise PipelineFailed(done.pipeline, "init-outputs", "the RUN", exc) from exc
     try:
         executor.run_pipeline(graph, fail_fast=True)
     except Exception as exc:
