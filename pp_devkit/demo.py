@@ -103,7 +103,7 @@ def run_demo(settings: Settings, *, visits: int, detectors: int, activators: int
     started_here = [s for s in ("redis", "kafka", "s3", "prefect") if s not in already]
     client = make_redis(settings.redis, settings.retry, name="demo")
     try:
-        with _services(settings, console, spec) as logs:
+        with demo_services(settings, console, spec) as logs:
             night_started_at = time.time()
             groups, expected, night = _night(settings, console, visits, size_px, client)
             _wait_for_writer(settings, console, client, groups)
@@ -148,9 +148,13 @@ def _night(
 
 
 @contextmanager
-def _services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iterator[Path]:
-    """Deployments registered; fan-out, router, a Prefect worker and the autoscaler running until the
-    block ends. On the way out the autoscaler stops first, then its warm run is cancelled.
+def demo_services(settings: Settings, console: Console, spec: ScaledJobSpec) -> Iterator[Path]:
+    """The demo's services running until the block ends; yields their logs' directory (``<state_dir>/logs``).
+
+    Ensures the topics and buckets, registers the deployments, then starts the fan-out, the router, the
+    Butler writer, a Prefect worker, the autoscaler (on ``spec``) and the reporter as child processes, each
+    logging to ``<name>.log`` there. On the way out they stop in reverse order; the autoscaler's warm run is
+    cancelled once it stopped, before the Prefect worker stops. ``pp demo`` and ``bench.faults`` run on them.
 
     Each process reads the user's own ``PP_*`` environment plus the demo's changes of
     ``CHILD_SETTINGS``; the activators get the work-queue contract from the autoscaler."""
