@@ -58,8 +58,8 @@ class NotApplicable(Exception):
 class Injected:
     """One injected fault. ``start``/``end``: unix s of the outage (equal for an instantaneous kill).
     ``hit``: the visit-detector an activator held when killed. ``recovered_at``: set by faults whose
-    recovery is not seen in the outcome records (the fan-out fanning out again, the Butler writer catching
-    up)."""
+    recovery is not seen in the outcome records (another activator taking a killed one's entry, the fan-out
+    fanning out again, the Butler writer catching up)."""
 
     start: float
     end: float
@@ -282,7 +282,9 @@ def sigkill_activator(rig: Rig) -> Injected:
                 hit = _entry_visit_detector(rig.redis, entry_id)
                 process.send_signal(signal.SIGKILL)
                 killed_at = time.time()
-                return Injected(killed_at, killed_at, "SIGKILL of the flow-run process holding an entry", hit)
+                claimed_at = _claimed_from(rig, consumer, entry_id)
+                return Injected(killed_at, killed_at, "SIGKILL of the flow-run process holding an entry", hit,
+                                claimed_at)  # fmt: skip
         time.sleep(0.05)
     raise NotApplicable(f"no activator held an entry within {BUSY_WAIT_S:g} s")
 
@@ -473,6 +475,25 @@ def _pause_redis_writes(rig: Rig) -> float:
     rig.redis.client_pause(10_000, all=False)  # writes only
     rig.before_redis_loss()
     return start
+
+
+def _claimed_from(rig: Rig, consumer: str, entry_id: str) -> float | None:
+    """When another activator took ``entry_id`` from the killed ``consumer`` (its processing resumed): the
+    first poll that finds it pending for someone else, or no longer pending; None if neither happened within
+    ``claim_idle_s`` + 120 s."""
+    stream, group = naming.stream_name(INSTRUMENT), naming.consumer_group(INSTRUMENT)
+    deadline = time.monotonic() + rig.settings.queue.claim_idle_s + 120
+    while time.monotonic() < deadline:
+        try:
+            pending: Any = rig.redis.xpending_range(stream, group, entry_id, entry_id, 1)
+        except redis.RedisError:
+            pending = None
+        if pending is not None:
+            owners = [_text(p["consumer"]) for p in pending]
+            if not owners or owners[0] not in (consumer, naming.PARKING_CONSUMER):
+                return time.time()
+        time.sleep(0.1)
+    return None
 
 
 def _held_entries(client: redis.Redis) -> list[tuple[str, str]]:

@@ -16,9 +16,10 @@ The definitions it measures, per night:
   records whose reason starts with "already done" or "already failed" (the ledger recognised a redelivery:
   nothing was processed again);
 * duplicate alerts: alerts of the night's visits on the alerts topic less their unique keys;
-* recovery: fault end -> next outcome of the night recorded (an activator kill: -> the outcome of the
-  visit-detector it held; a fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart
-  -> its committed offset at the topic's end), and the longest stall between outcome records around it.
+* recovery: fault end -> next outcome of the night recorded (an activator kill: -> the entry it held taken
+  by another activator, its processing resumed (the notes give kill -> that visit-detector's outcome); a
+  fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart -> its committed offset at
+  the topic's end), and the longest stall between outcome records around it.
 """
 
 from __future__ import annotations
@@ -100,13 +101,15 @@ def measure(
     recorded = {(o.group, o.detector) for o in outcomes}
     dead = [vd for vd in recorder.dead_letters() if vd[0] in wanted]
     alerts, unique = _alerts(settings, wanted, began)
+    held = sorted(o.recorded_at for o in outcomes if injected.hit is not None and (o.group, o.detector) == injected.hit)
+    notes = [f"its visit-detector's outcome {held[0] - injected.start:.0f} s after the kill"] if held else []
     return RepeatResult(
         fault=fault, repeat=repeat, began=began, injected=injected, planned=planned,
         lost=[vd for vd in planned if vd not in recorded], twice=processed_twice(outcomes), alerts=alerts,
         unique_alerts=unique, dead_lettered=dead, recovery_s=recovery_s(injected, outcomes, len(planned)),
         stall_s=stall_s([o.recorded_at for o in outcomes], injected.start),
         timeline=[(o.recorded_at, _kind(o)) for o in outcomes],
-        failures=[_failure(o) for o in outcomes if o.status == "failed"],
+        failures=[_failure(o) for o in outcomes if o.status == "failed"], notes=notes,
     )  # fmt: skip
 
 
@@ -131,8 +134,9 @@ def processed_twice(outcomes: list[Outcome]) -> list[VisitDetector]:
 
 def recovery_s(injected: Injected, outcomes: list[Outcome], planned: int) -> float | None:
     """Fault end -> next outcome recorded (0 if every one of the ``planned`` visit-detectors was done by then);
-    for a killed activator, -> the outcome of what it held; for a fault that measured its own recovery (the
-    fan-out, the Butler writer), that. None if it never happened."""
+    for a fault that measured its own recovery (a killed activator's entry taken by another, the fan-out, the
+    Butler writer), that; for a killed activator that did not, -> the outcome of what it held. None if it never
+    happened."""
     if injected.recovered_at is not None:
         return injected.recovered_at - injected.end
     if injected.hit is not None:
@@ -193,8 +197,9 @@ def render_section(rows: list[Row], plots: dict[str, Path], meta: dict[str, str]
         "Lost: visit-detectors planned without an outcome record (the dead-lettered are in the notes). "
         "Processed twice: more than one succeeded/failed record for a visit-detector (\"already done\" records "
         "not counted). Duplicate alerts: the night's alerts on the alerts topic less their unique keys. "
-        "Recovery: fault end -> next outcome of the night recorded (an activator kill: -> the outcome of the "
-        "visit-detector it held; a fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart -> "
+        "Recovery: fault end -> next outcome of the night recorded (an activator kill: -> the entry it held taken "
+        "by another activator, its processing resumed; the notes give kill -> that visit-detector's outcome; a "
+        "fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart -> "
         "its committed offset at the topic's end); the notes give the longest stall between the night's outcome "
         "records from the fault on.", "",
         "| fault | repeats | visit-detectors planned | lost | processed twice | duplicate alerts "

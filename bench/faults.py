@@ -387,7 +387,7 @@ class _Schedule:
         notes = [n for n in (night.note, night.injector.error, restarted) if n]
         result = measure(self._rig.settings, self._recorder, night.fault.name, night.repeat, night.began, groups,
                          detectors, injected)  # fmt: skip
-        result = replace(result, notes=notes)
+        result = replace(result, notes=result.notes + notes)
         night.measured.set()
         self._results.setdefault(night.fault.name, []).append(result)
         self._progress.console.print(f"{summarise(result)} [{time.time() - night.began:.0f} s]", markup=False)

@@ -153,6 +153,17 @@ def test_measure_counts_lost_dead_lettered_twice_and_duplicate_alerts_of_the_nig
     assert measured.statuses() == {"succeeded": 2, "failed": 1, "already done": 1}
 
 
+def test_a_killed_activator_recovers_when_its_entry_is_taken_and_the_notes_give_its_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kafka, "read_records", lambda *_args, **_kwargs: [])
+    recorder = _Recorder([outcome("g1", 0, "succeeded", 5), outcome("g1", 1, "succeeded", 31)], dead=[])
+    killed = Injected(T0 + 10, T0 + 10, "SIGKILL", hit=("g1", 1), recovered_at=T0 + 21.5)
+    measured = measure(Settings(), recorder, "activator-kill", 1, T0, ["g1"], (0, 1), killed)  # type: ignore[arg-type]
+    assert measured.recovery_s == pytest.approx(11.5)  # kill -> taken by another activator, not -> its outcome
+    assert measured.notes == ["its visit-detector's outcome 21 s after the kill"]
+
+
 def test_measure_marks_the_alerts_unknown_when_the_topic_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
     def unreadable(*_args: object, **_kwargs: object) -> list[Record]:
         raise TimeoutError("no message for 20 s")
