@@ -8,16 +8,8 @@ visit-detectors are done; the fan-out's while the visits are announced), seeded 
 written). The nights run back to back, overlapped: the next one is announced while the previous one is
 processed, and its fault waits until the previous one is measured. Then, from the work, results and
 dead-letter streams (copied into memory as they grow, so a Redis that loses its data loses nothing
-here) and from the alerts topic:
-
-* lost: visit-detectors planned that have no outcome record (entries in ``instrument:<name>:dead-letter``
-  are counted apart);
-* processed twice: visit-detectors with more than one ``succeeded`` / ``failed`` record, not counting
-  records whose reason starts with "already done";
-* duplicate alerts: alerts of the night's visits on the alerts topic less their unique keys;
-* recovery: fault end -> next outcome of the night recorded (an activator kill: -> the outcome of the
-  visit-detector it held; a fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart
-  -> its committed offset at the topic's end), and the longest stall between outcome records around it.
+here) and from the alerts topic, each repeat is measured (``bench.fault_report``: visit-detectors lost,
+processed twice, duplicate alerts, recovery; its docstring defines them).
 
 Kafka: the embedded Tansu keeps topics in memory, so a broker restart loses every topic and committed
 offset: "stopped 15 s" freezes it (SIGSTOP) instead, and the restart row says it is not survivable
