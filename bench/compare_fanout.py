@@ -7,7 +7,8 @@ Checks the baseline revision out into a temporary git worktree, then runs each t
 so machine noise falls on both alike, with the same venv and the same knobs. Each run starts its
 own Redis and Kafka-protocol broker. The figures are read from the markdown section each run
 writes (the format both trees share) and compared as medians over the runs: the write of one
-LSSTCam visit by ``StreamFanOut``, and the service end to end (latency p50/p99 at 20 visits/s,
+LSSTCam visit by ``StreamFanOut`` (whatever it is in each tree: a hand-packed MULTI/EXEC before
+issue 13, a server-side script since), and the service end to end (latency p50/p99 at 20 visits/s,
 burst throughput).
 """
 
@@ -76,15 +77,15 @@ def render(
         lines.append(f"| {name} | {before:.2f} {unit} | {after:.2f} {unit} | {ratio:.2f} ({verdict}) |")
     lines += [
         "",
-        "`StreamFanOut` is the same code in both trees (only its module moved): its ratio shows how far this "
-        "machine's noise alone moves a figure between runs.",
+        "Where `StreamFanOut` is the same code in both trees (as across issue 8, where only its module moved), its "
+        "ratio shows how far this machine's noise alone moves a figure between runs.",
         "",
         "Runs (baseline / this tree):",
         "",
     ]
     for name in METRICS:
-        before, after = (", ".join(f"{run[name]:g}" for run in runs) for runs in (baseline, ours))
-        lines.append(f"- {name}: {before} / {after}")
+        runs_before, runs_after = (", ".join(f"{run[name]:g}" for run in runs) for runs in (baseline, ours))
+        lines.append(f"- {name}: {runs_before} / {runs_after}")
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,6 @@ from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.activator.queue import WorkQueue
 from prompt_processing.adapters import kafka, s3
 from prompt_processing.adapters.redis_client import make_redis
-from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import landed_to_alerts_s, read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
@@ -91,7 +90,7 @@ class Harness:
         self._router_thread = threading.Thread(target=self._route, daemon=True)
         self._router_thread.start()
         self.pointing = plan_visits(LATISS, 1)[0]
-        self.client = RespConnection(settings.redis)
+        self.client = make_redis(settings.redis, settings.retry, name="bench-harness")
         # One long-lived producer, like the S3 service's notifier: a new idempotent producer's
         # first message waits ~0.5 s for its producer id, which is not what we measure.
         self.producer = kafka.make_producer(settings.kafka)

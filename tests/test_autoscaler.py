@@ -33,7 +33,6 @@ from pp_devkit.sim import plan_visits
 from pp_devkit.stack import free_port
 from prompt_processing.adapters import prefect_api, s3
 from prompt_processing.adapters.redis_client import make_redis
-from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.autoscaler.loop import EVENT_NAME, Autoscaler, ScaleRecord
@@ -125,13 +124,13 @@ def spec(instrument: str, deployment: str, **fields: Any) -> ScaledJobSpec:
 
 
 def announce(settings: Settings, instrument: str, group: str, detectors: tuple[int, ...], **changes: Any) -> None:
-    """Fan a visit out the way the fan-out does (entries + group at `$` in one transaction)."""
-    connection = RespConnection(settings.redis)
+    """Fan a visit out the way the fan-out does (entries + group at `$` in one script)."""
+    client = make_redis(settings.redis, settings.retry, name="test-announce")
     try:
         visit = NextVisit.from_json(json.dumps(visit_body(instrument, group, **changes)))
-        assert StreamFanOut(connection, dedup_ttl_s=600, stream_maxlen=10_000).write(visit, instrument, detectors)
+        assert StreamFanOut(client, dedup_ttl_s=600, stream_maxlen=10_000).write(visit, instrument, detectors)
     finally:
-        connection.close()
+        client.close()
 
 
 @contextmanager
@@ -461,10 +460,8 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
             # 1. Two visits: two runs, both entries succeed, both runs exit when idle: back to 0.
             for group in ("busy-1", "busy-2"):
                 body = _visit_now(group)
-                connection = RespConnection(settings.redis)
-                StreamFanOut(connection, dedup_ttl_s=600, stream_maxlen=1000).write(
-                    NextVisit.from_json(json.dumps(body)), "LATISS", (0,))
-                connection.close()
+                visit = NextVisit.from_json(json.dumps(body))
+                StreamFanOut(client, dedup_ttl_s=600, stream_maxlen=10_000).write(visit, "LATISS", (0,))
                 _land(settings, body)
             wait_for(lambda: len(read_results(client, "LATISS")) == 2, timeout_s=60, what="two outcomes")
             wait_for(lambda: scaled.unfinished(deployment) == 0, timeout_s=30, what="runs to exit when idle")

@@ -41,6 +41,7 @@ def http_error(status: int) -> httpx.HTTPStatusError:
     (redis_reply("BUSY Redis is busy running a script"), Failure.TRANSIENT),
     (redis_reply("READONLY You can't write against a read only replica."), Failure.TRANSIENT),
     (redis_reply("TRYAGAIN Multiple keys request during rehashing of slot"), Failure.TRANSIENT),
+    (redis_reply("OOM command not allowed when used memory > 'maxmemory'."), Failure.TRANSIENT),
     (redis_reply("WRONGTYPE Operation against a key holding the wrong kind of value"), Failure.PERMANENT),
     (redis_reply("NOGROUP No such key 'x' or consumer group 'y'"), Failure.PERMANENT),
     (redis_reply("WRONGPASS invalid username-password pair or user is disabled."), Failure.CONFIGURATION),

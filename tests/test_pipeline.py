@@ -40,7 +40,7 @@ from pp_devkit.night import NightPlan, run_night, seed_central_repo, upload_raw
 from pp_devkit.sim import plan_visits
 from prompt_processing.activator.context import ProcessingContext
 from prompt_processing.adapters import kafka, s3
-from prompt_processing.adapters.resp import RespConnection
+from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.apdb.db import open_apdb, open_ledger
@@ -75,12 +75,12 @@ class Pipeline:
             "position": [seeded.ra_deg, seeded.dec_deg],
             "filters": seeded.filters,
         } | changes
-        connection = RespConnection(self.settings.redis)
-        writer = StreamFanOut(connection, dedup_ttl_s=3600, stream_maxlen=10_000)
+        client = make_redis(self.settings.redis, self.settings.retry, name="test-announce")  # the services' user
         try:
+            writer = StreamFanOut(client, dedup_ttl_s=3600, stream_maxlen=10_000)
             assert writer.write(NextVisit.from_json(json.dumps(body)), "LATISS", (0,)) == 1
         finally:
-            connection.close()
+            client.close()
         return body
 
     def land(self, body: dict[str, Any], *, corrupt: bool = False, sidecar: bool = True) -> None:

@@ -6,7 +6,8 @@ server answered with (an HTTP status, an S3 error code, a Kafka error code, a Re
 code word), never by reading a message:
 
 * ``TRANSIENT``: the other side is unreachable, slow or busy (connection refused or reset,
-  timeouts, Redis ``LOADING``/``BUSY``/``READONLY``/``TRYAGAIN``/``MASTERDOWN``, HTTP 5xx and 429,
+  timeouts, Redis ``LOADING``/``BUSY``/``READONLY``/``TRYAGAIN``/``MASTERDOWN``/``OOM``/``MISCONF``,
+  HTTP 5xx and 429,
   S3 throttling, Kafka errors the client marks retriable). Retry with backoff.
 * ``CONFIGURATION``: the other side refuses *us* (bad credentials, no permission, no such
   bucket). Not retried, like a permanent failure (a bad credential must not stall a partition
@@ -43,7 +44,11 @@ class Failure(StrEnum):
     PERMANENT = "permanent"
 
 
-REDIS_TRANSIENT_CODES = frozenset({"LOADING", "BUSY", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"})
+REDIS_TRANSIENT_CODES = frozenset({
+    "LOADING", "BUSY", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN",
+    "OOM",  # at maxmemory: consumers catching up (or an operator) free it; visits wait, not dead-lettered
+    "MISCONF",  # cannot persist (disk full): refused before any write, fixed by an operator
+})  # fmt: skip
 REDIS_CONFIGURATION_CODES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
 S3_TRANSIENT_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",

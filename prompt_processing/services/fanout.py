@@ -4,11 +4,12 @@ Delivery guarantee — each valid, unexpired visit of a served instrument is fan
 exactly once while its de-duplication key lives (``dedup_ttl_s`` >= message expiry):
 
 * A message's Kafka offset is stored and committed only after its outcome is durable:
-  the Redis transaction has returned (entries + de-duplication key, all or nothing), or
+  the Redis script has returned (entries + de-duplication key, all or nothing), or
   the dead-letter topic acknowledged the copy. A crash at any point before the commit
   redelivers the message (at least once from Kafka).
 * A redelivered visit finds its de-duplication key and adds nothing (``StreamFanOut``),
-  so the streams see it once. Two fan-outs racing on the same visit: one wins the WATCH.
+  so the streams see it once. Two fan-outs racing on the same visit: Redis runs their scripts one
+  after the other, and the second adds nothing.
 * A bad message (not JSON, wrong types, unknown instrument, expired) is copied unchanged
   to the dead-letter topic with its reason in headers and counted; it never stops the
   service. Redis or Kafka outages are retried with backoff, never skipped.
@@ -31,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import redis
 from confluent_kafka import Message
 
 from prompt_processing.adapters.redis_client import make_redis
-from prompt_processing.adapters.resp import RespConnection
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.model import naming
 from prompt_processing.model.admission import Rejected, admit
@@ -120,11 +121,15 @@ class FanOutService(KafkaService):
         self.stats = FanOutStats()
         self._clock = clock_utc_s
         self._active = active_detector_table(settings.instruments)
-        self._writer_connection = RespConnection(settings.redis)
-        self._writer = StreamFanOut(self._writer_connection, dedup_ttl_s=f.dedup_ttl_s, stream_maxlen=f.stream_maxlen)
+        # The writer shares the service's client (health key, replay marker): one connection, one thread.
+        self._writer = StreamFanOut(client, dedup_ttl_s=f.dedup_ttl_s, stream_maxlen=f.stream_maxlen)
 
     def startup(self) -> None:
         super().startup()
+        try:
+            self._writer.load()
+        except redis.RedisError as exc:  # not fatal: the first write loads it (NOSCRIPT), retried as any write
+            log.warning("could not load the fan-out script at start-up (%s); the first write will", exc)
         log.info(
             "fan-out %s: %s -> %s", self.config.name, self.config.topic,
             ", ".join(f"{naming.stream_name(i)} ({len(d)} detectors)" for i, d in self._active.items()),
@@ -164,6 +169,3 @@ class FanOutService(KafkaService):
 
     def health(self) -> dict[str, Any]:
         return self.stats.snapshot()
-
-    def on_shutdown(self) -> None:
-        self._writer_connection.close()
