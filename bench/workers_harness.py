@@ -34,6 +34,7 @@ from prompt_processing.settings import (
     ActivatorSettings,
     InstrumentSettings,
     KafkaSettings,
+    MetricsSettings,
     PrefectSettings,
     QueueSettings,
     RedisSettings,
@@ -104,14 +105,19 @@ class Harness:
             queue=QueueSettings(claim_idle_s=60), activator=ActivatorSettings(idle_timeout_s=30, block_s=0.5),
             visit=VisitSettings(step_retries=0, image_timeout_s=60),
             instruments={"LATISS": InstrumentSettings()}, stack=StackSettings(state_dir=state),
+            metrics=MetricsSettings(router_port=0),  # beside a demo or another benchmark
         )  # fmt: skip
         os.environ |= export_env(settings, *FLOW_RUN_SECTIONS)
         Stack(settings).up()
-        k = settings.kafka
-        kafka.ensure_topics(k, [k.raw_notifications_topic, k.raw_dead_letter_topic, k.butler_writer_topic,
-                                k.alerts_topic])  # fmt: skip
-        router = RouterService(settings)
-        router.startup()
+        try:
+            k = settings.kafka
+            kafka.ensure_topics(k, [k.raw_notifications_topic, k.raw_dead_letter_topic, k.butler_writer_topic,
+                                    k.alerts_topic])  # fmt: skip
+            router = RouterService(settings)
+            router.startup()
+        except BaseException:
+            Stack(settings).down()  # what it started, not left running
+            raise
         return cls(settings, router)
 
     def _route(self) -> None:
