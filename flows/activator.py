@@ -37,6 +37,7 @@ from types import FrameType
 import redis
 from prefect import Task, flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
@@ -112,6 +113,7 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
             ctx.lease = None
     wall_s = time.perf_counter() - start
     outcome = state.result(raise_on_failure=False)
+    _forget_task_results()
     logger = get_run_logger()
     if lease.lost.is_set():  # another activator may be on it: record nothing, hand back nothing
         logger.warning("%s %s det%03d: entry lost to another activator; left to it", visit.instrument,
@@ -135,6 +137,18 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
         logger.error("outcome of %s not recorded (%s); the entry is redelivered", item.entry_id, exc)
         return "lost"
     return outcome.status if recorded else "lost"
+
+
+def _forget_task_results() -> None:
+    """Drop Prefect's in-memory links from the finished visit-detector's results to their task runs.
+
+    A flow run keeps every task result it saw (``run_results``: ~30 entries per visit-detector, counted
+    by the memory soak's diagnosis, each holding a state and its result alive) to link a later task's inputs
+    to upstream runs. No later task of an activator takes them as inputs, so nothing is lost, and the
+    mapping no longer grows with every visit an activator run processed."""
+    context = FlowRunContext.get()
+    if context is not None:
+        context.run_results.clear()
 
 
 @functools.cache
