@@ -195,8 +195,9 @@ def render_section(rows: list[Row], plots: dict[str, Path], meta: dict[str, str]
         f"detector, reporter); `claim_idle_s` {meta['claim_idle_s']} s. Load average during the run: "
         f"{meta['load']}.", "",
         "Lost: visit-detectors planned without an outcome record (the dead-lettered are in the notes). "
-        "Processed twice: more than one succeeded/failed record for a visit-detector (\"already done\" records "
-        "not counted). Duplicate alerts: the night's alerts on the alerts topic less their unique keys. "
+        "Processed twice: more than one succeeded/failed record for a visit-detector (records of redeliveries the "
+        "ledger recognised, \"already done\" or \"already failed\", not counted). "
+        "Duplicate alerts: the night's alerts on the alerts topic less their unique keys. "
         "Recovery: fault end -> next outcome of the night recorded (an activator kill: -> the entry it held taken "
         "by another activator, its processing resumed; the notes give kill -> that visit-detector's outcome; a "
         "fan-out kill: restart -> next visit fanned out; a Butler writer kill: restart -> "

@@ -27,7 +27,7 @@ from prefect.transactions import CommitMode, transaction
 from prefect.utilities.context import get_task_and_flow_run_ids
 
 from prompt_processing.activator.context import ProcessingContext, StepClock
-from prompt_processing.apdb.ledger import Failed
+from prompt_processing.apdb.ledger import Final
 from prompt_processing.model import naming
 from prompt_processing.model.errors import IgnorableVisit, NonRetriableError, RetriableError
 from prompt_processing.model.events import NextVisit
@@ -61,69 +61,95 @@ def run_visit_detector(
 
     Returns the final outcome: ``succeeded``, ``ignored`` (already processed) or ``failed``
     (a ``NonRetriableError``: missing calibration, corrupt image, image never arrived...). A final
-    failure is recorded in the ledger, and a redelivery of it is not processed again ("already failed:
-    <the first reason>"); a rerun is, and clears the record if it succeeds.
+    outcome is recorded in the ledger, and a redelivery of it is not processed again, nor loaded or
+    waited for ("already done", "already failed: <the first reason>"); a rerun is, and its outcome
+    replaces the one recorded.
     Raises ``RetriableError`` (an outage that outlasted the steps' retries) or an unexpected
     error: not final, the caller decides what happens to the work entry.
     """
     started_at, start = time.time(), time.perf_counter()
     outcome = VisitOutcome(visit.instrument, visit.groupId, detector, "succeeded", day_obs=visit.day_obs(),
                            started_at=started_at, processed_by=ctx.name)  # fmt: skip
-    clock, v = StepClock(visit_label(visit.instrument, visit.groupId, detector)), ctx.settings.visit
+    clock = StepClock(visit_label(visit.instrument, visit.groupId, detector))
+    recognised = False  # a redelivery the ledger knew: nothing processed, nothing to record
     try:
-        if not rerun:
-            _not_failed_before(ctx, visit, detector)
-        pipelines = _pipelines(ctx, visit)
-        with transaction(commit_mode=CommitMode.EAGER):
-            inputs = run_step(preload, v, ctx, clock, visit, detector)
-            raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
-            state = apdb_state(ctx, visit, detector, raws.visit_id)
-            if state is ApdbState.SENT and not (rerun or force):
-                _already_done(ctx, outcome, raws, detector)
-            else:
-                state = _admitted(state, rerun=rerun, force=force)
-                processed = run_step(process, v, ctx, clock, visit, detector, raws, state, pipelines, inputs.missing)
-                outcome.pipeline, outcome.not_built = processed.pipeline, [f"{n}: {w}" for n, w in processed.tried]
-                outcome.pipeline_s = processed.timings_s
-                published = run_step(publish, v, ctx, clock, visit, detector, raws, processed, state)
-                outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
-                outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs
+        recognised = not rerun and _known_final(ctx, outcome)
+        if not recognised:
+            recognised = _run_steps(ctx, clock, outcome, visit, detector, rerun=rerun, force=force)
     except IgnorableVisit as exc:
         outcome.status, outcome.reason = "ignored", str(exc)
     except NonRetriableError as exc:
         outcome.status, outcome.reason, outcome.stopped_at = "failed", str(exc), clock.step
-        outcome.error = exc.failed.error if isinstance(exc, AlreadyFailed) else type(exc).__name__
-        if not isinstance(exc, AlreadyFailed):
-            with transient_as_retriable("alerts ledger"):
-                ctx.ledger.record_failure(visit.instrument, visit.groupId, detector, reason=outcome.reason,
-                                          error=outcome.error, processed_by=ctx.name)  # fmt: skip
-    if rerun and outcome.status == "succeeded":
-        with transient_as_retriable("alerts ledger"):
-            ctx.ledger.clear_failure(visit.instrument, visit.groupId, detector)
-    ctx.end_visit(visit.instrument)
+        outcome.error = exc.final.error if isinstance(exc, AlreadyFailed) else type(exc).__name__
+        recognised = isinstance(exc, AlreadyFailed)
+    try:
+        if not recognised and outcome.status in ("succeeded", "failed"):
+            _record_final(ctx, outcome)
+    finally:
+        ctx.end_visit(visit.instrument)
     outcome.steps_s = clock.seconds
     outcome.total_s = time.perf_counter() - start
     outcome.max_rss_bytes = max_rss_bytes()
     return outcome
 
 
+def _run_steps(
+    ctx: ProcessingContext, clock: StepClock, outcome: VisitOutcome, visit: NextVisit, detector: int, *,
+    rerun: bool, force: bool,
+) -> bool:  # fmt: skip
+    """The four steps, filling ``outcome``; True if they found the visit-detector already done (its alerts
+    all confirmed: the APDB's ledger knew it by visit id once the raws were in)."""
+    v = ctx.settings.visit
+    pipelines = _pipelines(ctx, visit)
+    with transaction(commit_mode=CommitMode.EAGER):
+        inputs = run_step(preload, v, ctx, clock, visit, detector)
+        raws = run_step(wait_for_images, v, ctx, clock, visit, detector)
+        state = apdb_state(ctx, visit, detector, raws.visit_id)
+        if state is ApdbState.SENT and not (rerun or force):
+            _already_done(ctx, outcome, raws, detector)
+            return True
+        state = _admitted(state, rerun=rerun, force=force)
+        processed = run_step(process, v, ctx, clock, visit, detector, raws, state, pipelines, inputs.missing)
+        outcome.pipeline, outcome.not_built = processed.pipeline, [f"{n}: {w}" for n, w in processed.tried]
+        outcome.pipeline_s = processed.timings_s
+        published = run_step(publish, v, ctx, clock, visit, detector, raws, processed, state)
+        outcome.n_alerts, outcome.alerts_sent_at = published.n_alerts, published.sent_at_utc
+        outcome.landed_at, outcome.outputs = raws.landed_at[-1], published.outputs
+    return False
+
+
 class AlreadyFailed(NonRetriableError):
     """A visit-detector redelivered to an activator after a final failure the ledger holds."""
 
-    def __init__(self, failed: Failed) -> None:
-        self.failed = failed
-        super().__init__(f"already failed: {failed.reason} (by {failed.processed_by}; not tried again, rerun it by "
+    def __init__(self, final: Final) -> None:
+        self.final = final
+        super().__init__(f"already failed: {final.reason} (by {final.processed_by}; not tried again, rerun it by "
                          f"hand to retry)")  # fmt: skip
 
 
-def _not_failed_before(ctx: ProcessingContext, visit: NextVisit, detector: int) -> None:
-    """AlreadyFailed if the ledger holds a final failure of this visit-detector: a redelivery (its
-    acknowledgement was lost, or the fan-out re-fanned its visit after Redis lost the stream) does
-    not process it again, so it is never processed twice; operators rerun failures by hand."""
+def _known_final(ctx: ProcessingContext, outcome: VisitOutcome) -> bool:
+    """Whether the ledger holds this visit-detector's final outcome, looked up before anything is loaded or
+    waited for: a redelivery (its acknowledgement was lost, or the fan-out re-fanned its visit after Redis
+    lost the stream) is not processed again, so it is never processed twice and a replay after a Redis
+    loss goes by fast. Succeeded before: ``outcome`` says "already done" (no alert counted or sent again);
+    failed before: AlreadyFailed (operators rerun failures by hand)."""
     with transient_as_retriable("alerts ledger"):
-        failed = ctx.ledger.failure(visit.instrument, visit.groupId, detector)
-    if failed is not None:
-        raise AlreadyFailed(failed)
+        final = ctx.ledger.final(outcome.instrument, outcome.group, outcome.detector)
+    if final is None:
+        return False
+    if final.status == "failed":
+        raise AlreadyFailed(final)
+    outcome.reason = f"already done: {final.n_alerts} alerts confirmed by {final.processed_by} (none sent again)"
+    outcome.alerts_sent_at = final.finished_at
+    return True
+
+
+def _record_final(ctx: ProcessingContext, outcome: VisitOutcome) -> None:
+    """The outcome into the ledger's record of final outcomes (a rerun's replaces the one before)."""
+    final = Final(outcome.status, outcome.reason, outcome.error, outcome.n_alerts,
+                  outcome.alerts_sent_at or time.time(), ctx.name)  # fmt: skip
+    with transient_as_retriable("alerts ledger"):
+        ctx.ledger.record_final(outcome.instrument, outcome.group, outcome.detector, final)
 
 
 def _pipelines(ctx: ProcessingContext, visit: NextVisit) -> list[str]:

@@ -336,6 +336,11 @@ def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent
         assert (again.status, again.n_alerts) == ("succeeded", 0), again
         assert again.reason == f"already done: {n} alerts confirmed by resume-test (none sent again)"
         assert again.alerts_sent_at == pytest.approx(resumed.alerts_sent_at, abs=1.0)
+        assert again.steps_s == {}  # known from the ledger's outcome record: neither preloaded nor waited for
+        forget_alerts_sent(pipeline.settings, tables=("final_table",))  # the outcome record lost, the alerts' kept
+        late = run_visit_detector(ctx, visit, 0)  # known once the raws are in, by the alerts' completion record
+        assert (late.status, late.n_alerts, late.reason) == ("succeeded", 0, again.reason), late
+        assert "preload" in late.steps_s
     finally:
         ctx.close()
     both = pipeline.alerts(2 * n + 1, timeout_s=5)  # one more than expected: none may come
@@ -376,13 +381,14 @@ def test_a_survey_without_pipelines_is_ignored_before_anything_is_loaded(pipelin
     assert json.loads(result["steps_s"]) == {}  # not preloaded, not waited for
 
 
-def forget_alerts_sent(settings: Settings) -> None:
-    """Empty the alerts ledger (``apdb.ledger``), as if no confirmation had been recorded."""
+def forget_alerts_sent(settings: Settings, tables: tuple[str, ...] = ("sent", "done_table", "final_table")) -> None:
+    """Empty the alerts ledger's ``tables`` (``apdb.ledger``; default all: as if no confirmation and no
+    outcome had been recorded)."""
     ledger = open_ledger(settings.apdb)
     try:
         with ledger._engine.begin() as connection:
-            connection.execute(ledger.sent.delete())
-            connection.execute(ledger.done_table.delete())
+            for table in tables:
+                connection.execute(getattr(ledger, table).delete())
     finally:
         ledger.close()
 

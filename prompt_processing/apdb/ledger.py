@@ -5,13 +5,14 @@ Two tables, made by ``pp apdb init`` and on first use (idempotent):
 * ``pp_alert_sent``: one row per alert Kafka confirmed (its key, the DiaSource id as text), with
   the visit and detector and when.
 * ``pp_visit_done``: one row per visit-detector whose alerts were all confirmed, with how many.
-* ``pp_visit_failed``: one row per visit-detector whose outcome was a final failure, with the reason,
-  keyed by instrument, group and detector (a failure can come before the raws give a visit id).
+* ``pp_visit_final``: one row per visit-detector with a final outcome (succeeded or failed), with the
+  reason, keyed by instrument, group and detector: known before anything is loaded or waited for (a
+  failure can come before the raws give a visit id).
 
 Guarantee (with ``tasks.publish``): an alert whose row is here is never sent again, whatever
 happens to Redis or to the worker; a visit-detector whose row is in ``pp_visit_done`` is done, and
-one whose row is in ``pp_visit_failed`` is not tried again by an activator (a redelivery after a lost
-acknowledgement, a re-fan after Redis lost its stream), only by a rerun by hand.
+one whose row is in ``pp_visit_final`` is not processed again by an activator (a redelivery after a
+lost acknowledgement, a re-fan after Redis lost its stream), only by a rerun by hand.
 Rows are written after Kafka confirmed the alerts, so the only window in which an alert can be
 sent twice is a worker dying between Kafka's confirmation and this insert (milliseconds); the
 APDB's own transaction and this ledger live in the same database, durable as it is.
@@ -37,16 +38,18 @@ class Done:
 
 
 @dataclass(frozen=True)
-class Failed:
-    """A visit-detector whose outcome was a final failure."""
+class Final:
+    """A visit-detector's final outcome: ``succeeded`` (its alerts all confirmed) or ``failed``."""
 
+    status: str
     reason: str
     error: str
-    failed_at: float
+    n_alerts: int
+    finished_at: float
     processed_by: str
 
 
-REASON_CHARS = 2000  # a failure's reason is kept to this length
+REASON_CHARS = 2000  # an outcome's reason is kept to this length
 
 
 class AlertLedger:
@@ -71,14 +74,16 @@ class AlertLedger:
             sqlalchemy.Column("sent_at", sqlalchemy.Float, nullable=False),
             sqlalchemy.Column("processed_by", sqlalchemy.String(200), nullable=False),
         )  # fmt: skip
-        self.failed_table = sqlalchemy.Table(
-            "pp_visit_failed", metadata,
+        self.final_table = sqlalchemy.Table(
+            "pp_visit_final", metadata,
             sqlalchemy.Column("instrument", sqlalchemy.String(32), primary_key=True),
             sqlalchemy.Column("group_id", sqlalchemy.String(64), primary_key=True),
             sqlalchemy.Column("detector", sqlalchemy.Integer, primary_key=True),
+            sqlalchemy.Column("status", sqlalchemy.String(16), nullable=False),
             sqlalchemy.Column("reason", sqlalchemy.Text, nullable=False),
             sqlalchemy.Column("error", sqlalchemy.String(200), nullable=False),
-            sqlalchemy.Column("failed_at", sqlalchemy.Float, nullable=False),
+            sqlalchemy.Column("n_alerts", sqlalchemy.Integer, nullable=False),
+            sqlalchemy.Column("finished_at", sqlalchemy.Float, nullable=False),
             sqlalchemy.Column("processed_by", sqlalchemy.String(200), nullable=False),
         )  # fmt: skip
         if drop:
@@ -116,33 +121,27 @@ class AlertLedger:
                        "processed_by": processed_by}  # fmt: skip
                 connection.execute(self._insert_ignoring(self.done_table), [row])
 
-    def failure(self, instrument: str, group: str, detector: int) -> Failed | None:
-        """The visit-detector's final failure, if one was recorded (and not cleared by a rerun since)."""
-        t = self.failed_table
+    def final(self, instrument: str, group: str, detector: int) -> Final | None:
+        """The visit-detector's final outcome, if one was recorded."""
+        t = self.final_table
         where = (t.c.instrument == instrument, t.c.group_id == group, t.c.detector == detector)
-        query = sqlalchemy.select(t.c.reason, t.c.error, t.c.failed_at, t.c.processed_by).where(*where)
+        columns = (t.c.status, t.c.reason, t.c.error, t.c.n_alerts, t.c.finished_at, t.c.processed_by)
         with self._engine.connect() as connection:
-            row = connection.execute(query).first()
-        return None if row is None else Failed(str(row[0]), str(row[1]), float(row[2]), str(row[3]))
+            row = connection.execute(sqlalchemy.select(*columns).where(*where)).first()
+        if row is None:
+            return None
+        return Final(str(row[0]), str(row[1]), str(row[2]), int(row[3]), float(row[4]), str(row[5]))
 
-    def record_failure(
-        self, instrument: str, group: str, detector: int, *, reason: str, error: str, processed_by: str
-    ) -> None:
-        """Record a final failure; the latest one replaces an earlier one (a rerun that failed again)."""
-        t = self.failed_table
+    def record_final(self, instrument: str, group: str, detector: int, outcome: Final) -> None:
+        """Record a final outcome; the latest replaces an earlier one (a rerun's)."""
+        t = self.final_table
         key = {"instrument": instrument, "group_id": group, "detector": detector}
-        row = key | {"reason": reason[:REASON_CHARS], "error": error[:200], "failed_at": time.time(),
-                     "processed_by": processed_by[:200]}  # fmt: skip
+        row = key | {"status": outcome.status, "reason": outcome.reason[:REASON_CHARS], "error": outcome.error[:200],
+                     "n_alerts": outcome.n_alerts, "finished_at": outcome.finished_at,
+                     "processed_by": outcome.processed_by[:200]}  # fmt: skip
         with self._engine.begin() as connection:
             connection.execute(t.delete().where(*(t.c[name] == value for name, value in key.items())))
             connection.execute(t.insert(), [row])
-
-    def clear_failure(self, instrument: str, group: str, detector: int) -> None:
-        """Forget a recorded failure (a rerun by hand succeeded)."""
-        t = self.failed_table
-        where = (t.c.instrument == instrument, t.c.group_id == group, t.c.detector == detector)
-        with self._engine.begin() as connection:
-            connection.execute(t.delete().where(*where))
 
     def close(self) -> None:
         self._engine.dispose()
