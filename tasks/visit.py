@@ -71,6 +71,21 @@ def run_visit_detector(
     outcome = VisitOutcome(visit.instrument, visit.groupId, detector, "succeeded", day_obs=visit.day_obs(),
                            started_at=started_at, processed_by=ctx.name)  # fmt: skip
     clock = StepClock(visit_label(visit.instrument, visit.groupId, detector))
+    try:
+        _run(ctx, clock, outcome, visit, detector, rerun=rerun, force=force)
+    finally:  # whatever happened (a lost lease, an outage): the next attempt, here too, starts clean
+        ctx.end_visit(visit.instrument)
+    outcome.steps_s = clock.seconds
+    outcome.total_s = time.perf_counter() - start
+    outcome.max_rss_bytes = max_rss_bytes()
+    return outcome
+
+
+def _run(
+    ctx: ProcessingContext, clock: StepClock, outcome: VisitOutcome, visit: NextVisit, detector: int, *,
+    rerun: bool, force: bool,
+) -> None:  # fmt: skip
+    """Fill ``outcome`` (from the ledger, or by running the steps) and record it if it is final and new."""
     recognised = False  # a redelivery the ledger knew: nothing processed, nothing to record
     try:
         recognised = not rerun and _known_final(ctx, outcome)
@@ -82,15 +97,8 @@ def run_visit_detector(
         outcome.status, outcome.reason, outcome.stopped_at = "failed", str(exc), clock.step
         outcome.error = exc.final.error if isinstance(exc, AlreadyFailed) else type(exc).__name__
         recognised = isinstance(exc, AlreadyFailed)
-    try:
-        if not recognised and outcome.status in ("succeeded", "failed"):
-            _record_final(ctx, outcome)
-    finally:
-        ctx.end_visit(visit.instrument)
-    outcome.steps_s = clock.seconds
-    outcome.total_s = time.perf_counter() - start
-    outcome.max_rss_bytes = max_rss_bytes()
-    return outcome
+    if not recognised and outcome.status in ("succeeded", "failed"):
+        _record_final(ctx, outcome)
 
 
 def _run_steps(
@@ -140,13 +148,13 @@ def _known_final(ctx: ProcessingContext, outcome: VisitOutcome) -> bool:
     if final.status == "failed":
         raise AlreadyFailed(final)
     outcome.reason = f"already done: {final.n_alerts} alerts confirmed by {final.processed_by} (none sent again)"
-    outcome.alerts_sent_at = final.finished_at
+    outcome.landed_at, outcome.alerts_sent_at = final.landed_at, final.finished_at
     return True
 
 
 def _record_final(ctx: ProcessingContext, outcome: VisitOutcome) -> None:
     """The outcome into the ledger's record of final outcomes (a rerun's replaces the one before)."""
-    final = Final(outcome.status, outcome.reason, outcome.error, outcome.n_alerts,
+    final = Final(outcome.status, outcome.reason, outcome.error, outcome.n_alerts, outcome.landed_at,
                   outcome.alerts_sent_at or time.time(), ctx.name)  # fmt: skip
     with transient_as_retriable("alerts ledger"):
         ctx.ledger.record_final(outcome.instrument, outcome.group, outcome.detector, final)

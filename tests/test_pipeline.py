@@ -51,7 +51,7 @@ from prompt_processing.model.events import TAI_MINUS_UTC_S, NextVisit
 from prompt_processing.model.instruments import LATISS
 from prompt_processing.services.router import RouterService
 from prompt_processing.settings import ActivatorSettings, InstrumentSettings, QueueSettings, Settings, VisitSettings
-from tasks.outcome import VisitOutcome
+from tasks.outcome import VisitOutcome, landed_to_alerts_s
 from tasks.visit import run_visit_detector
 from tests.helpers import Running, RunningFanOut, consume_all, decode_alerts, flow_run_env, visit_body, wait_for
 
@@ -337,6 +337,7 @@ def test_a_worker_dead_between_the_apdb_and_the_alerts_gets_the_same_alerts_sent
         assert again.reason == f"already done: {n} alerts confirmed by resume-test (none sent again)"
         assert again.alerts_sent_at == pytest.approx(resumed.alerts_sent_at, abs=1.0)
         assert again.steps_s == {}  # known from the ledger's outcome record: neither preloaded nor waited for
+        assert landed_to_alerts_s(again) == pytest.approx(landed_to_alerts_s(resumed), abs=1.0)  # the first latency
         forget_alerts_sent(pipeline.settings, tables=("final_table",))  # the outcome record lost, the alerts' kept
         late = run_visit_detector(ctx, visit, 0)  # known once the raws are in, by the alerts' completion record
         assert (late.status, late.n_alerts, late.reason) == ("succeeded", 0, again.reason), late

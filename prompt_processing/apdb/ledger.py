@@ -45,7 +45,8 @@ class Final:
     reason: str
     error: str
     n_alerts: int
-    finished_at: float
+    landed_at: str  # the last raw's S3 event time (ISO), "" if none landed: the latency of a redelivery
+    finished_at: float  # unix s: when its alerts were confirmed (succeeded) or it failed
     processed_by: str
 
 
@@ -83,6 +84,7 @@ class AlertLedger:
             sqlalchemy.Column("reason", sqlalchemy.Text, nullable=False),
             sqlalchemy.Column("error", sqlalchemy.String(200), nullable=False),
             sqlalchemy.Column("n_alerts", sqlalchemy.Integer, nullable=False),
+            sqlalchemy.Column("landed_at", sqlalchemy.String(40), nullable=False),
             sqlalchemy.Column("finished_at", sqlalchemy.Float, nullable=False),
             sqlalchemy.Column("processed_by", sqlalchemy.String(200), nullable=False),
         )  # fmt: skip
@@ -125,20 +127,20 @@ class AlertLedger:
         """The visit-detector's final outcome, if one was recorded."""
         t = self.final_table
         where = (t.c.instrument == instrument, t.c.group_id == group, t.c.detector == detector)
-        columns = (t.c.status, t.c.reason, t.c.error, t.c.n_alerts, t.c.finished_at, t.c.processed_by)
+        columns = (t.c.status, t.c.reason, t.c.error, t.c.n_alerts, t.c.landed_at, t.c.finished_at, t.c.processed_by)
         with self._engine.connect() as connection:
             row = connection.execute(sqlalchemy.select(*columns).where(*where)).first()
         if row is None:
             return None
-        return Final(str(row[0]), str(row[1]), str(row[2]), int(row[3]), float(row[4]), str(row[5]))
+        return Final(str(row[0]), str(row[1]), str(row[2]), int(row[3]), str(row[4]), float(row[5]), str(row[6]))
 
     def record_final(self, instrument: str, group: str, detector: int, outcome: Final) -> None:
         """Record a final outcome; the latest replaces an earlier one (a rerun's)."""
         t = self.final_table
         key = {"instrument": instrument, "group_id": group, "detector": detector}
         row = key | {"status": outcome.status, "reason": outcome.reason[:REASON_CHARS], "error": outcome.error[:200],
-                     "n_alerts": outcome.n_alerts, "finished_at": outcome.finished_at,
-                     "processed_by": outcome.processed_by[:200]}  # fmt: skip
+                     "n_alerts": outcome.n_alerts, "landed_at": outcome.landed_at[:40],
+                     "finished_at": outcome.finished_at, "processed_by": outcome.processed_by[:200]}  # fmt: skip
         with self._engine.begin() as connection:
             connection.execute(t.delete().where(*(t.c[name] == value for name, value in key.items())))
             connection.execute(t.insert(), [row])
