@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -159,3 +161,15 @@ def dia_catalogue(catalogue: Catalogue, *, dipole_lobes_px: float | None = None)
     return DiaCatalogue(catalogue, DiaMeasurements(
         nothing, nothing, nothing, np.ones(n, bool), *psf, np.ones(n, bool), np.abs(catalogue.flux_e) * 2,
         catalogue.flux_e, catalogue.x_px - half, catalogue.y_px, catalogue.x_px + half, catalogue.y_px))  # fmt: skip
+
+
+def stop_prefect_worker(worker: subprocess.Popen[Any], grace_s: float = 90.0) -> None:
+    """SIGTERM a Prefect worker started by a test and wait for it; kill it if it takes longer than ``grace_s``
+    (its own shutdown talks to the API, which a loaded machine's SQLite server can keep waiting for tens of
+    seconds; how long Prefect's worker takes to stop is not what the tests check)."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import subprocess
 import time
 import uuid
@@ -52,7 +51,7 @@ from prompt_processing.settings import (
     Settings,
     VisitSettings,
 )
-from tests.helpers import Running, flow_run_env, serving, visit_body, wait_for
+from tests.helpers import Running, flow_run_env, serving, stop_prefect_worker, visit_body, wait_for
 from tests.test_metrics import scrape
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -483,8 +482,7 @@ def test_runs_do_the_work_exit_when_idle_and_a_dead_activators_entry_gets_a_run(
             wait_for(lambda: scaled.unfinished(deployment) == 0, timeout_s=30, what="the run to exit when idle")
     finally:
         client.close()
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+        stop_prefect_worker(worker)
         worker_log.close()
     results = {r["group"]: r for r in read_results(make_redis(settings.redis, settings.retry, name="test"), "LATISS")}
     assert {g: r["status"] for g, r in results.items()} == {"busy-1": "succeeded", "busy-2": "succeeded",

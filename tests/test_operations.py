@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import threading
 import uuid
@@ -31,7 +30,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prompt_processing.adapters import prefect_api
 from prompt_processing.cli import main
 from prompt_processing.model import naming
-from tests.helpers import consume_all, wait_for
+from tests.helpers import consume_all, stop_prefect_worker, wait_for
 from tests.test_pipeline import Pipeline, _activator_in_thread, pipeline  # noqa: F401 (a fixture)
 
 
@@ -148,8 +147,7 @@ def test_reruns_from_the_failures(pipeline: Pipeline, monkeypatch: pytest.Monkey
             forced = _finished(client, forced_id)
             assert (forced.state.type, forced.state.name) == (StateType.COMPLETED, "Completed"), forced.state
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
+        stop_prefect_worker(worker)
     latest = {r["group"]: r for r in pipeline.results()}  # the last record per group: the forced rerun
     assert (latest["rr-late"]["status"], latest["rr-late"]["n_alerts"]) == ("succeeded", "0")
     first = next(r for r in pipeline.results() if r["group"] == "rr-late" and r["status"] == "succeeded")
