@@ -297,7 +297,10 @@ class ActivatorSettings(BaseModel):
 
     block_s: float = Field(1.0, gt=0, le=30, description="Longest XREADGROUP BLOCK per loop turn.")
     idle_timeout_s: float = Field(60.0, gt=0, description="An activator with no work this long exits.")
-    max_visits: int = Field(200, ge=1, description="An activator exits after this many visits (memory hygiene).")
+    max_visits: int = Field(
+        200, ge=1, description="An activator exits after this many visit-detectors (memory hygiene: its RSS grows "
+        "~110 MiB per 1000; the memory soak in BENCHMARKS.md keeps it within 10% of warm-up up to 300).",
+    )
 
 
 class VisitSettings(BaseModel):
