@@ -163,10 +163,11 @@ def dia_catalogue(catalogue: Catalogue, *, dipole_lobes_px: float | None = None)
         catalogue.flux_e, catalogue.x_px - half, catalogue.y_px, catalogue.x_px + half, catalogue.y_px))  # fmt: skip
 
 
-def stop_prefect_worker(worker: subprocess.Popen[Any], grace_s: float = 90.0) -> None:
+def stop_prefect_worker(worker: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
     """SIGTERM a Prefect worker started by a test and wait for it; kill it if it takes longer than ``grace_s``
-    (its own shutdown talks to the API, which a loaded machine's SQLite server can keep waiting for tens of
-    seconds; how long Prefect's worker takes to stop is not what the tests check)."""
+    (a worker still starting up ignores the signal until its API calls are done, which a loaded SQLite server
+    can stretch past the test's own timeout; how long Prefect's worker takes to stop is not what the tests
+    check, and a killed one leaks nothing into the next test)."""
     worker.send_signal(signal.SIGTERM)
     try:
         worker.wait(grace_s)
