@@ -56,7 +56,7 @@ import numpy as np
 import psutil
 from rich.progress import Progress
 
-from pp_devkit.stack import free_port
+from bench.prefect_env import isolate_prefect
 
 if TYPE_CHECKING:
     from bench.workers_harness import Harness
@@ -401,10 +401,7 @@ def main() -> int:
     if args.run_activator is not None:
         return run_activator(args.run_activator, args.diagnose_dir)
     state = Path(tempfile.mkdtemp(prefix="pp-bench-soak-"))
-    prefect_port = free_port()
-    # Prefect reads its settings at import: set them before anything imports prefect.
-    os.environ |= {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_HOME": str(state / "home"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    prefect_port = isolate_prefect(state)
     from bench.workers_harness import Harness  # noqa: PLC0415 - only now may prefect be imported
     from prompt_processing.settings import ActivatorSettings  # noqa: PLC0415
 

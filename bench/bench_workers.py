@@ -15,7 +15,6 @@ arrival router in a thread and activators as real Prefect flow runs, and measure
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ import numpy as np
 from rich.progress import Progress
 
 from bench.bench_fanout import _replace_section
-from pp_devkit.stack import free_port
+from bench.prefect_env import isolate_prefect
 
 
 def main() -> int:
@@ -37,10 +36,7 @@ def main() -> int:
     parser.add_argument("--full-size-visits", type=int, default=3)
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="pp-bench-workers-"))
-    prefect_port = free_port()
-    # Prefect reads its settings at import: set them before anything imports prefect.
-    os.environ |= {"PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PREFECT_HOME": str(state / "home"),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    prefect_port = isolate_prefect(state)
     from bench.workers_harness import Harness  # noqa: PLC0415 - only now may prefect be imported
 
     harness = Harness.start(state, prefect_port)
