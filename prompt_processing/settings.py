@@ -452,6 +452,10 @@ class AutoscalerSettings(BaseModel):
     create_attempts: int = Field(
         3, ge=1, description="Tries per flow-run creation within a decision (same idempotency key each time)."
     )
+    create_concurrency: int = Field(
+        4, ge=1, le=64, description="Most creation requests of one instrument in flight at once (each instrument "
+        "has its own allowance, so one's burst never waits on another's)."
+    )
     prefect_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Prefect API call.")
     health_ttl_s: int = Field(15, ge=2, description="TTL of the health key the autoscaler refreshes.")
 

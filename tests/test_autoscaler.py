@@ -301,6 +301,45 @@ def test_a_retried_creation_gets_the_same_runs(settings: Settings, redis_client:
     assert len(scaled.runs(deployment)) == 4 and other[0] not in first
 
 
+def test_a_burst_is_created_concurrently_within_the_bound_each_run_once(
+    settings: Settings, redis_client: redis.Redis, scaled: Scaled
+) -> None:
+    """40 runs, at most 4 in flight: all 40 exist once; asked again under the same keys (a retried
+    decision) the same 40 come back; a deployment that is gone is an error naming how many were made."""
+    deployment = scaled.add_deployment("LSSTCam")
+    bounded = settings.model_copy(update={"autoscaler": AutoscalerSettings(create_concurrency=4)})
+    job = spec("LSSTCam", deployment, maxReplicaCount=40)
+    with started(Autoscaler(bounded, [job])) as autoscaler:
+        target, contract = autoscaler._target(job), autoscaler.contract(job)
+        first, error = autoscaler._create_runs(job, target, contract, 40, decision_no=1)
+        again, _ = autoscaler._create_runs(job, target, contract, 40, decision_no=1)
+        scaled.client.delete_deployment(target.deployment_id)
+        none, failure = autoscaler._create_runs(job, target, contract, 3, decision_no=2)
+    scaled.deployments.remove(deployment)  # deleted above, with its runs
+    assert error is None and len(set(first)) == 40 and again == first
+    assert none == [] and failure is not None and failure.startswith("created 0 of 3: ")
+
+
+def test_each_instrument_has_its_own_loop_and_a_dead_loop_stops_the_service(
+    settings: Settings, redis_client: redis.Redis, scaled: Scaled
+) -> None:
+    jobs = [spec("LSSTCam", scaled.add_deployment("LSSTCam"), pollingInterval=30),
+            spec("HSC", scaled.add_deployment("HSC"), pollingInterval=30)]  # fmt: skip
+    with serving(Autoscaler(settings, jobs)) as autoscaler:
+        wait_for(lambda: autoscaler.decisions_made >= 2, what="the first polls")
+        announce(settings, "LSSTCam", "visit-loops", tuple(range(5)))
+        announce(settings, "HSC", "visit-loops", (0, 1))
+        wait_for(lambda: len(scaled.runs(jobs[0].deployment)) == 5 and len(scaled.runs(jobs[1].deployment)) == 2,
+                 timeout_s=20, what="both instruments' runs")  # fmt: skip
+        assert {r.instrument: r.woken_by for r in autoscaler.last.values()} == {"LSSTCam": "entries", "HSC": "entries"}
+    broken = Autoscaler(settings, jobs[:1])
+    broken.scale = lambda spec, woken_by="call": 1 / 0  # type: ignore[method-assign]  # a bug in a decision
+    with started(broken), pytest.raises(RuntimeError, match="decision loop died") as died:
+        for _ in range(5):
+            broken.tick()
+    assert isinstance(died.value.__cause__, ZeroDivisionError) and broken.should_exit
+
+
 def test_decision_is_emitted_as_a_prefect_event(settings: Settings, redis_client: redis.Redis, scaled: Scaled) -> None:
     deployment = scaled.add_deployment("HSC")
     job = spec("HSC", deployment, maxReplicaCount=2)

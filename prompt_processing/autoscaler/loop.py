@@ -1,20 +1,23 @@
 """`pp autoscale`: KEDA ScaledJob semantics for the activator flow runs, on Prefect.
 
 Lifecycle (``services.lifecycle.serve``): ``startup()`` -> ``tick()`` until ``should_exit`` ->
-``shutdown()``. Each tick (one turn of the loop) makes a **decision** for every instrument spec
-that is due (``deployments/autoscaler.yaml``, see ``spec.py``): **measure** the stream (one
-MULTI/EXEC: lag, pending, length, stale pending; ``metrics.py``) and the deployment's
-unfinished runs (two filtered counts) -> **decide** with ``rules.decide`` (KEDA's formulas,
-pure) -> **act**: create that many flow runs with ``create_flow_run_from_deployment``, each
-given the instrument's work-queue contract (flow parameter ``queue``).
+``shutdown()``. Each instrument spec (``deployments/autoscaler.yaml``, see ``spec.py``) has a
+**decision loop** of its own, in its own thread, started by the first tick; ``tick()`` itself only
+supervises (work-pool limits, the health key, a loop that died) and hands back the decisions made.
+A decision: **measure** the stream (one MULTI/EXEC: lag, pending, length, stale pending;
+``metrics.py``) and the deployment's unfinished runs (two filtered counts) -> **decide** with
+``rules.decide`` (KEDA's formulas, pure) -> **act**: create that many flow runs concurrently, at most
+``create_concurrency`` in flight per instrument (``prefect_calls.py``), each given the instrument's
+work-queue contract (flow parameter ``queue``). An instrument's burst (189 runs for
+an LSSTCam visit) therefore never delays another instrument's decisions or runs.
 
 Behaviour and guarantees:
 
-- Reaction: between ticks the service blocks in one XREAD on every spec's stream, from the
-  newest entry id its last measurement saw, for at most the time to the next due poll. A new
-  entry wakes it and that instrument's tick runs at once, so the first runs of a visit are
-  requested within a tick (~tens of ms), not a polling interval. An entry that lands during
-  a tick is after the measured tail and wakes the next read: none is missed. With
+- Reaction: between decisions an instrument's loop blocks in one XREAD on its stream, from the
+  newest entry id its last measurement saw, for at most the time to its next due poll. A new
+  entry wakes it and the decision runs at once, so the first runs of a visit are requested
+  within tens of ms, not a polling interval. An entry that lands during a decision is after the
+  measured tail and wakes the next read: none is missed. With
   ``wake_on_entries=false`` it only polls, as KEDA does.
 - Counted work: the trigger's metric (lagCount / pendingEntriesCount / streamLength, as KEDA)
   plus, for lagCount, pending entries idle longer than ``queue.claim_idle_s``: a dead
@@ -25,9 +28,11 @@ Behaviour and guarantees:
   this process) has the idempotency key ``pp-autoscaler/<instrument>/<session>/<n>/<i>``; a
   creation retried within the decision (``adapters.retry``, up to ``create_attempts`` tries)
   gets the same run back, never a second one. ``<session>`` is random
-  per process, so a restarted autoscaler never collides with old keys. Unfinished runs stay
-  within maxReplicaCount as far as KEDA's formula guarantees it from the counts (runs made by
-  hand count too); ``set_work_pool_limit`` also makes the work pool enforce it.
+  per process, so a restarted autoscaler never collides with old keys. A decision's creations
+  all end before that instrument's next decision counts the runs, so none is counted twice or
+  missed. Unfinished runs stay within maxReplicaCount as far as KEDA's formula guarantees it from
+  the counts (runs made by hand count too); ``set_work_pool_limit`` also makes the work pool
+  enforce it.
 - Outages: a Redis or Prefect error (or a deployment not registered yet) ends that
   instrument's decision with one log line; the decision (measured afresh) is retried after
   0.25 s, then twice as late each time up to the polling interval (a transient 503 costs a fraction
@@ -43,15 +48,17 @@ Behaviour and guarantees:
   ``pp.autoscaler.decision`` on resource ``pp.autoscaler.<instrument>``. Events go to the
   process's PREFECT_API_URL (``pp autoscale`` sets it from the settings). A health key
   (``pp:autoscaler:health:<name>``, TTL ``health_ttl_s``) backs ``pp autoscale --check``.
-- Shutdown: SIGTERM/SIGINT only set a flag; the tick in progress finishes (no new creation
-  retries start), then the service exits: within a second (one XREAD slice) plus one API
-  timeout. Runs already created are left to run; nothing is cancelled.
+- Shutdown: SIGTERM/SIGINT only set a flag; each loop finishes the decision in progress (no new
+  creation retries start), then the service exits: within a second (one XREAD slice) plus one
+  API timeout. Runs already created are left to run; nothing is cancelled. A decision loop that
+  dies on a bug ends the service (the next tick raises it): a restart beats a silent instrument.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
 import threading
 import time
@@ -64,16 +71,15 @@ from uuid import UUID
 
 import httpx
 import redis
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound, PrefectException
-from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_API_URL
 
 from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.redis_client import make_redis
-from prompt_processing.adapters.retry import OutageWatch, retrying
-from prompt_processing.autoscaler.metrics import JobCounts, QueueMetrics, count_jobs, measure_queue
+from prompt_processing.adapters.retry import OutageWatch
+from prompt_processing.autoscaler.metrics import JobCounts, QueueMetrics, measure_queue
+from prompt_processing.autoscaler.prefect_calls import PrefectCalls
 from prompt_processing.autoscaler.rules import Decision, decide
 from prompt_processing.autoscaler.spec import Metric, ScaledJobSpec
 from prompt_processing.model import naming
@@ -88,6 +94,7 @@ EVENT_NAME = "pp.autoscaler.decision"
 TAGS = ("autoscaler",)
 PREFECT_ERRORS = (httpx.HTTPError, PrefectException, OSError)
 _MAX_BLOCK_S = 1.0  # longest single XREAD, so a stop request is seen within a second
+_SUPERVISE_S = 1.0  # a tick waits this long for decisions before it refreshes the health key
 _FIRST_RETRY_S = 0.25  # a failed decision is retried this soon, then 2x, 4x ... up to the polling interval
 
 
@@ -156,15 +163,14 @@ class Autoscaler:
         self.should_exit = False
         self.decisions_made = 0
         self.last: dict[str, ScaleRecord] = {}
-        self._exit = threading.Event()
+        self._decision_lock = threading.Lock()
+        self._records: queue.SimpleQueue[ScaleRecord | None] = queue.SimpleQueue()
+        self._loops: list[threading.Thread] = []
+        self._loop_error: BaseException | None = None
         self._resources = ExitStack()
         self._redis = make_redis(settings.redis, settings.retry, name=f"autoscaler-{self.name}")
-        # The wake-up connection blocks in XREAD for up to _MAX_BLOCK_S: its timeout outlasts that.
-        wake_timeout_s = _MAX_BLOCK_S + settings.redis.socket_timeout_s
-        self._wake = make_redis(
-            settings.redis, settings.retry, name=f"autoscaler-{self.name}-wake", socket_timeout_s=wake_timeout_s
-        )
-        self._prefect: SyncPrefectClient | None = None
+        self._prefect = PrefectCalls(settings.prefect.url, timeout_s=self.config.prefect_timeout_s,
+                                     max_in_flight=self.config.create_concurrency, retry=settings.retry)  # fmt: skip
         self._targets: dict[str, Target] = {}
         self._tails: dict[str, str] = {}
         self._next_poll = {s.instrument: 0.0 for s in self.specs}
@@ -183,15 +189,12 @@ class Autoscaler:
         return serve(self)
 
     def startup(self) -> None:
-        """Open the Prefect client (fast-failing: no client-side retries); call from the ticking thread."""
+        """Open the Prefect client (fast-failing: no client-side retries)."""
         events_url = PREFECT_API_URL.value()
         if events_url != self.settings.prefect.url:
             log.warning("decision events go to PREFECT_API_URL=%s, not %s", events_url, self.settings.prefect.url)
-        self._resources.enter_context(
-            temporary_settings({PREFECT_API_URL: self.settings.prefect.url, PREFECT_CLIENT_MAX_RETRIES: 0})
-        )
-        client = get_client(httpx_settings={"timeout": self.config.prefect_timeout_s}, sync_client=True)
-        self._prefect = self._resources.enter_context(client)
+        self._prefect.start()
+        self._resources.callback(self._prefect.close)
         names = ", ".join(f"{s.instrument} -> {s.deployment} ({s.scaling_strategy}, {s.min_replica_count}.."
                           f"{s.max_replica_count}, every {s.polling_interval_s:g} s)" for s in self.specs)  # fmt: skip
         wake = "on new entries and " if self.config.wake_on_entries else ""
@@ -202,45 +205,74 @@ class Autoscaler:
             self._resources.callback(self._metrics_server.stop)
 
     def request_exit(self) -> None:
-        """Stop after the tick in progress; safe from signal handlers and other threads."""
+        """Stop after the decisions in progress; safe from signal handlers and other threads."""
         self.should_exit = True
-        self._exit.set()
+        self._records.put(None)  # wakes a waiting tick
 
     def shutdown(self) -> None:
+        self.request_exit()
+        for thread in self._loops:
+            thread.join(timeout=_MAX_BLOCK_S + self.config.prefect_timeout_s + 5)
         self.health_key.delete()
         self._resources.close()
         self._redis.close()
-        self._wake.close()
         log.info("autoscaler %s stopped after %d decisions", self.name, self.decisions_made)
 
     # -- one tick --------------------------------------------------------------------------------
 
     def tick(self) -> list[ScaleRecord]:
-        """Wait for new entries or the next due poll, then scale every instrument that is due."""
-        woken = self._wait()
-        if self.should_exit:
-            return []
+        """Supervise the decision loops (started by the first tick): set the work pools' limits, wait up
+        to a second for decisions, refresh the health key; the decisions made since the last tick.
+        Raises the error a decision loop died of."""
         if not self._pool_limits_set:
             self._set_pool_limits()
-        records = []
-        for spec in self.specs:
-            now = time.monotonic()
-            due = now >= self._next_poll[spec.instrument]
-            if spec.stream not in woken and not due:
-                continue
-            cause = "entries" if spec.stream in woken else "interval"
-            record = self.scale(spec, woken_by=cause)
-            failed = record is None or record.error is not None
-            self._next_poll[spec.instrument] = now + self._retry_after_s(spec, failed=failed)
-            if record is not None:
-                records.append(record)
+        if not self._loops:
+            self._loops = [threading.Thread(target=self._decision_loop, args=(spec,), daemon=True,
+                                            name=f"autoscaler-{spec.instrument}") for spec in self.specs]  # fmt: skip
+            for thread in self._loops:
+                thread.start()
+        records: list[ScaleRecord] = []
+        try:
+            item = self._records.get(timeout=_SUPERVISE_S)
+            while True:
+                if item is not None:
+                    records.append(item)
+                item = self._records.get_nowait()
+        except queue.Empty:
+            pass
+        if self._loop_error is not None:
+            raise RuntimeError("an autoscaler decision loop died") from self._loop_error
         self.health_key.refresh(self._health)
         return records
 
+    def _decision_loop(self, spec: ScaledJobSpec) -> None:
+        """One instrument's loop: wait for new entries or its next due poll, then decide."""
+        # The wake-up connection blocks in XREAD for up to _MAX_BLOCK_S: its timeout outlasts that.
+        wake = make_redis(self.settings.redis, self.settings.retry, name=f"autoscaler-{self.name}-{spec.instrument}",
+                          socket_timeout_s=_MAX_BLOCK_S + self.settings.redis.socket_timeout_s)  # fmt: skip
+        try:
+            while not self.should_exit:
+                woken = self._wait(spec, wake)
+                now = time.monotonic()
+                if self.should_exit or (not woken and now < self._next_poll[spec.instrument]):
+                    continue
+                record = self.scale(spec, woken_by="entries" if woken else "interval")
+                failed = record is None or record.error is not None
+                self._next_poll[spec.instrument] = now + self._retry_after_s(spec, failed=failed)
+                if record is not None:
+                    self._records.put(record)
+        except BaseException as exc:
+            log.exception("autoscaler %s: decision loop died; the service stops", spec.instrument)
+            self._loop_error = exc
+            self.request_exit()
+        finally:
+            wake.close()
+
     def scale(self, spec: ScaledJobSpec, *, woken_by: str = "call") -> ScaleRecord | None:
         """Measure, decide and create runs for one spec; None if Redis or Prefect failed."""
-        self.decisions_made += 1
-        decision_no, started = self.decisions_made, time.perf_counter()
+        with self._decision_lock:
+            self.decisions_made += 1
+            decision_no, started = self.decisions_made, time.perf_counter()
         contract = self.contract(spec)
         try:
             queue = measure_queue(self._redis, spec.stream, spec.consumer_group,
@@ -254,7 +286,7 @@ class Autoscaler:
         self._tails[spec.stream] = queue.tail_id
         try:
             target = self._target(spec)
-            jobs = count_jobs(self._client(), target.deployment_id)
+            jobs = self._prefect.count_jobs(target.deployment_id)
         except PREFECT_ERRORS as exc:
             self._prefect_failed(spec, exc)
             return None
@@ -275,29 +307,26 @@ class Autoscaler:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def _wait(self) -> set[str]:
-        """Block until the next due poll or, with ``wake_on_entries``, a new entry; return woken streams."""
-        timeout_s = min(self._next_poll.values()) - time.monotonic()
+    def _wait(self, spec: ScaledJobSpec, wake: redis.Redis) -> bool:
+        """Block until ``spec``'s next due poll or, with ``wake_on_entries``, a new entry; True if woken."""
+        timeout_s = self._next_poll[spec.instrument] - time.monotonic()
         if timeout_s <= 0.0005:
-            return set()
+            return False
         if not self.config.wake_on_entries:
-            self._exit.wait(timeout_s)
-            return set()
-        streams = {s.stream: self._tails.get(s.stream, "$") for s in self.specs}
+            time.sleep(min(timeout_s, _MAX_BLOCK_S))
+            return False
         try:
             block_ms = max(1, int(min(timeout_s, _MAX_BLOCK_S) * 1000))
-            reply: Any = self._wake.xread(streams, count=1, block=block_ms)  # type: ignore[arg-type]
+            reply: Any = wake.xread({spec.stream: self._tails.get(spec.stream, "$")}, count=1, block=block_ms)
         except redis.RedisError as exc:
-            log.error("autoscaler: wake-up read failed (%s); polling only until Redis is back", exc)
-            self._exit.wait(min(timeout_s, 1.0))
-            return set()
-        woken = set()
-        for stream, entries in reply or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
+            log.error("autoscaler %s: wake-up read failed (%s); polling only until Redis is back", spec.instrument, exc)
+            time.sleep(min(timeout_s, 1.0))
+            return False
+        for _stream, entries in reply or []:
             newest = entries[-1][0]
-            self._tails[name] = newest.decode() if isinstance(newest, bytes) else newest
-            woken.add(name)
-        return woken
+            self._tails[spec.stream] = newest.decode() if isinstance(newest, bytes) else newest
+            return True
+        return False
 
     def _retry_after_s(self, spec: ScaledJobSpec, *, failed: bool) -> float:
         """The polling interval; after a failed tick sooner (0.25 s, doubling up to the interval), so
@@ -308,17 +337,11 @@ class Autoscaler:
         backoff_s: float = _FIRST_RETRY_S * 2.0 ** min(failures - 1, 16)
         return min(spec.polling_interval_s, backoff_s)
 
-    def _client(self) -> SyncPrefectClient:
-        if self._prefect is None:
-            raise RuntimeError("Autoscaler.startup() was not called")
-        return self._prefect
-
     def _target(self, spec: ScaledJobSpec) -> Target:
         """The spec's deployment id and work pool (looked up once, again after it went missing)."""
         target = self._targets.get(spec.deployment)
         if target is None:
-            deployment = self._client().read_deployment_by_name(spec.deployment)
-            target = Target(deployment.id, deployment.work_pool_name)
+            target = Target(*self._prefect.deployment(spec.deployment))
             self._targets[spec.deployment] = target
         return target
 
@@ -330,27 +353,18 @@ class Autoscaler:
     def _create_runs(
         self, spec: ScaledJobSpec, target: Target, contract: QueueContract, n: int, decision_no: int
     ) -> tuple[list[str], str | None]:
-        """Create ``n`` runs, each retried under its own idempotency key; return (run ids, error)."""
-        created: list[str] = []
-        tags = [*TAGS, naming.instrument_tag(spec.instrument)]
-        parameters = spec.parameters | {"queue": contract.model_dump()}
-        policy = retrying(self.settings.retry, f"flow-run creation for {spec.instrument}", watch=self.outages,
-                          attempts=self.config.create_attempts, give_up=lambda: self.should_exit)  # fmt: skip
-        for index in range(n):
-            key = f"pp-autoscaler/{spec.instrument}/{self.session}/{decision_no}/{index}"
-
-            def create(key: str = key) -> str:
-                run = self._client().create_flow_run_from_deployment(
-                    target.deployment_id, parameters=parameters, idempotency_key=key, tags=tags
-                )
-                return str(run.id)
-
-            try:
-                created.append(policy(create))
-            except PREFECT_ERRORS as exc:
-                self._prefect_failed(spec, exc)
-                return created, f"created {len(created)} of {n}: {exc}"
-        return created, None
+        """Create ``n`` runs concurrently, each retried under its own idempotency key; return (run ids, error)."""
+        if n <= 0:
+            return [], None
+        keys = [f"pp-autoscaler/{spec.instrument}/{self.session}/{decision_no}/{i}" for i in range(n)]
+        creation = self._prefect.create_runs(
+            spec.instrument, target.deployment_id, keys, parameters=spec.parameters | {"queue": contract.model_dump()},
+            tags=[*TAGS, naming.instrument_tag(spec.instrument)], attempts=self.config.create_attempts,
+            give_up=lambda: self.should_exit, watch=self.outages,
+        )  # fmt: skip
+        if creation.error is not None:
+            self._prefect_failed(spec, creation.error)
+        return creation.run_ids, creation.summary()
 
     def _prefect_failed(self, spec: ScaledJobSpec, exc: BaseException) -> None:
         self.outages.failed("prefect", exc)
@@ -400,7 +414,7 @@ class Autoscaler:
                 if pool is not None:
                     limits[pool] = limits.get(pool, 0) + spec.max_replica_count
             for pool, limit in limits.items():
-                self._client().update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
+                self._prefect.set_pool_limit(pool, limit)
                 log.info("work pool %s: concurrency limit set to %d", pool, limit)
         except PREFECT_ERRORS as exc:
             log.error("could not set work-pool concurrency limits (%s); retrying next tick", exc)

@@ -14,7 +14,7 @@ Queue, in one MULTI/EXEC so the numbers are one consistent snapshot:
 
 A missing stream or group measures as zeros, not an error; other Redis errors propagate.
 
-Runs (``count_jobs``): two filtered counts on the deployment, never a scan of all runs.
+Runs (``count_jobs_async``): two filtered counts on the deployment, never a scan of all runs.
 KEDA's ``running_job_count`` is every run not finished: Scheduled (including Late and
 AwaitingRetry, which are Scheduled-type states), Pending, Running, Paused, Cancelling;
 ``pending_job_count`` is those not yet started: Scheduled and Pending.
@@ -27,7 +27,7 @@ from typing import Any
 from uuid import UUID
 
 import redis
-from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
@@ -103,10 +103,10 @@ def measure_queue(
     )
 
 
-def count_jobs(client: SyncPrefectClient, deployment_id: UUID) -> JobCounts:
+async def count_jobs_async(client: PrefectClient, deployment_id: UUID) -> JobCounts:
     """Runs of the deployment not finished, and those of them not started (two counts)."""
-    pending = client.count_flow_runs(flow_run_filter=_runs(deployment_id, NOT_STARTED_STATES))
-    running = client.count_flow_runs(flow_run_filter=_runs(deployment_id, UNFINISHED_STATES))
+    pending = await client.count_flow_runs(flow_run_filter=_runs(deployment_id, NOT_STARTED_STATES))
+    running = await client.count_flow_runs(flow_run_filter=_runs(deployment_id, UNFINISHED_STATES))
     # Counted in this order, a run starting in between is never pending without being counted
     # at all; one created in between only makes ``running`` larger. Either way pending <= running.
     return JobCounts(running=running, pending=min(pending, running))
