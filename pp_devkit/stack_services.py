@@ -393,7 +393,7 @@ def _prefect_spec(settings: Settings) -> ServiceSpec:
                 "--port", str(cfg.port))  # fmt: skip
         env: dict[str, str | None] = {
             "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": cfg.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            **cfg.server_env(home),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": "true",
             # The UI's own API address (else it calls 127.0.0.1:4200, whatever --port says) and

@@ -139,10 +139,24 @@ class PrefectSettings(BaseModel):
     port: int = Field(14200, ge=1, le=65535)
     api_url: str | None = Field(None, description="Prefect API URL; defaults to the embedded server.")
     embedded: bool = True
+    # The Prefect server's own settings (`server_env`: the embedded server gets them;
+    # production's server pods get the same variables, docs/operations.md "Prefect server").
     database_url: str | None = Field(
         None,
-        description="Embedded server's database; default SQLite under the state dir, or e.g. "
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect (as production).",
+        description="Server's database. Production: PostgreSQL, postgresql+asyncpg://user@host:5432/prefect "
+        "(SQLite refuses concurrent writes under load: 503 'database is locked'). Default: SQLite under the "
+        "state dir (the embedded stack).",
+    )
+    db_pool_size: int = Field(10, ge=1, le=200, description="Server: database connections kept per server process.")
+    db_max_overflow: int = Field(
+        20, ge=0, le=500, description="Server: extra connections per server process under bursts (PostgreSQL)."
+    )
+    events_retention_days: float = Field(
+        7.0, gt=0, description="Server: events older than this are deleted (the UI's event feed and automations)."
+    )
+    flow_run_retention_days: float | None = Field(
+        30.0, ge=1, description="Server: finished flow runs older than this are deleted with their task runs, logs "
+        "and artifacts (a night of LSSTCam writes ~1 million task runs); none: kept forever."
     )
     work_pool: str = Field(
         "prompt-processing",
@@ -159,6 +173,23 @@ class PrefectSettings(BaseModel):
     @property
     def url(self) -> str:
         return self.api_url or f"http://{self.host}:{self.port}/api"
+
+    def server_env(self, home: Path) -> dict[str, str]:
+        """The Prefect server's database and retention settings as its process's environment: what the
+        embedded stack starts it with and what production's server pods get. ``home``: where the SQLite
+        database goes when ``database_url`` is not set."""
+        day_s = 86_400
+        env = {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(self.db_pool_size),
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(self.db_max_overflow),
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{round(self.events_retention_days * day_s)}S",  # ISO 8601
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events",
+        }
+        if self.flow_run_retention_days is not None:
+            env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
+            env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(round(self.flow_run_retention_days * day_s))
+        return env
 
     @property
     def ui(self) -> str:

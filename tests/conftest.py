@@ -18,6 +18,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from pp_devkit.postgres import fresh_database
 from pp_devkit.stack import Stack, free_port
 from pp_devkit.stack_services import admin_redis
 from prompt_processing.adapters.kafka import ensure_topics
@@ -54,22 +55,26 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pp-prefect-home-")
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The session's stack. Its Prefect server runs on PostgreSQL (a throwaway database on the machine's
+    server), as production's does; the embedded default, SQLite, is what `pp demo` runs (tests/test_secrets.py)."""
     state_dir: Path = tmp_path_factory.mktemp("pp-stack")
-    settings = Settings(
-        redis=RedisSettings(port=free_port(), username=REDIS_USER, password=SecretStr(REDIS_PASSWORD)),
-        kafka=KafkaSettings(port=free_port()),
-        s3=S3Settings(port=free_port()),
-        prefect=PrefectSettings(port=PREFECT_PORT),
-        router=RouterSettings(http_port=0),
-        metrics=MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0, butler_writer_port=0),
-        stack=StackSettings(state_dir=state_dir, redis_admin_password=SecretStr(REDIS_ADMIN_PASSWORD)),
-    )
-    stack = Stack(settings)
-    try:
-        stack.up(["redis", "kafka", "s3"])
-        yield settings
-    finally:
-        stack.down()
+    no_metrics = MetricsSettings(fanout_port=0, router_port=0, autoscaler_port=0, reporter_port=0, butler_writer_port=0)
+    with fresh_database("pp_test_prefect") as prefect_db:
+        settings = Settings(
+            redis=RedisSettings(port=free_port(), username=REDIS_USER, password=SecretStr(REDIS_PASSWORD)),
+            kafka=KafkaSettings(port=free_port()),
+            s3=S3Settings(port=free_port()),
+            prefect=PrefectSettings(port=PREFECT_PORT, database_url=prefect_db.replace("+psycopg", "+asyncpg")),
+            router=RouterSettings(http_port=0),
+            metrics=no_metrics,
+            stack=StackSettings(state_dir=state_dir, redis_admin_password=SecretStr(REDIS_ADMIN_PASSWORD)),
+        )
+        stack = Stack(settings)
+        try:
+            stack.up(["redis", "kafka", "s3"])
+            yield settings
+        finally:
+            stack.down()
 
 
 @pytest.fixture(scope="session")

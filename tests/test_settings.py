@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from prefect.settings.models.server.database import ServerDatabaseSettings
+from prefect.settings.models.server.events import ServerEventsSettings
+from prefect.settings.models.server.services import ServerServicesDBVacuumSettings
 
 from prompt_processing.model.instruments import active_detector_table
 from prompt_processing.settings import (
     RENAMED_ENV,
     ActivatorSettings,
     InstrumentSettings,
+    PrefectSettings,
     QueueSettings,
     RedisSettings,
     Settings,
@@ -102,3 +108,26 @@ def test_bad_values_fail_with_the_setting_named(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PP_FANOUT__DEDUP_TTL_S", "10")
     with pytest.raises(ValueError, match=r"dedup_ttl_s .* must be >= message_expiration_s"):
         Settings()
+
+
+@pytest.mark.parametrize("flow_run_days", [45.0, None])
+def test_the_prefect_servers_settings_are_what_prefect_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flow_run_days: float | None
+) -> None:
+    """`PrefectSettings.server_env` in the server's environment, read back by Prefect's own settings classes."""
+    prefect = PrefectSettings(database_url="postgresql+asyncpg://pp@db:5432/prefect", db_pool_size=12,
+                              db_max_overflow=30, events_retention_days=3,
+                              flow_run_retention_days=flow_run_days)  # fmt: skip
+    for name, value in prefect.server_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    database, events, vacuum = ServerDatabaseSettings(), ServerEventsSettings(), ServerServicesDBVacuumSettings()
+    assert database.connection_url is not None
+    assert database.connection_url.get_secret_value() == "postgresql+asyncpg://pp@db:5432/prefect"
+    assert (database.sqlalchemy.pool_size, database.sqlalchemy.max_overflow) == (12, 30)
+    assert events.retention_period == timedelta(days=3)
+    if flow_run_days is None:
+        assert vacuum.enabled_vacuum_types == {"events"}
+    else:
+        assert "flow_runs" in vacuum.enabled_vacuum_types and vacuum.retention_period == timedelta(days=45)
+    default = PrefectSettings().server_env(tmp_path)["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+    assert default == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
