@@ -13,9 +13,10 @@ $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 demo: $(STAMP)
 	$(BIN)/pp demo
 
-# Lint, types and import contracts, the tests, then what a production install gets.
+# Lint, types and import contracts, the tests (two processes, a test module's tests in one of them),
+# then what a production install gets.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 	$(MAKE) check-install
 
 lint: $(STAMP)
@@ -30,14 +31,15 @@ check-install: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_autoscaler --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_burst --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_workers --output BENCHMARKS.md
 	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_butler --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_pipeline --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_soak --visits 2000 --output BENCHMARKS.md
 
-# One fault at a time into the embedded stack during simulated nights (~20 min), then 10,000 fuzzed
-# inputs per parser: RELIABILITY.md.
+# One fault at a time into the embedded stack during simulated nights, then 10,000 fuzzed inputs per
+# parser: RELIABILITY.md (about 55 min on 2 cores: 37 for the faults, 17 for the fuzzing).
 faults: $(STAMP)
 	$(BIN)/python -m bench.faults --output RELIABILITY.md
 	$(BIN)/python -m bench.fuzz --cases 10000 --output RELIABILITY.md
