@@ -422,5 +422,6 @@ class Autoscaler:
         self._pool_limits_set = True
 
     def _health(self) -> dict[str, Any]:
+        last = dict(self.last)  # a copy: the decision loops add their first records to it meanwhile
         return {"session": self.session, "decisions_made": self.decisions_made,
-                "decisions": {k: r.payload() for k, r in self.last.items()}, **self.outages.snapshot()}  # fmt: skip
+                "decisions": {k: r.payload() for k, r in last.items()}, **self.outages.snapshot()}  # fmt: skip
