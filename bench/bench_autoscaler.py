@@ -53,6 +53,7 @@ from prompt_processing.settings import (
     ActivatorSettings,
     AutoscalerSettings,
     KafkaSettings,
+    MetricsSettings,
     PrefectSettings,
     RedisSettings,
     Settings,
@@ -274,7 +275,7 @@ def _p50_p95(values: list[float]) -> str:
 
 
 class Refusals(logging.Handler):
-    """Counts the autoscalers' log lines about Prefect answering 503 (SQLite: database is locked)."""
+    """Counts log lines about Prefect answering 503 (SQLite: database is locked), the retries' included."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -363,12 +364,13 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     refusals = Refusals()
-    logging.getLogger("prompt_processing.autoscaler").addHandler(refusals)
+    logging.getLogger("prompt_processing").addHandler(refusals)  # the autoscalers and their retry policy
     with tempfile.TemporaryDirectory(prefix="pp-bench-autoscaler-") as state:
         settings = Settings(
             redis=RedisSettings(port=free_port()), kafka=KafkaSettings(port=free_port()),
             prefect=PrefectSettings(port=free_port()), stack=StackSettings(state_dir=Path(state)),
             activator=ActivatorSettings(block_s=0.2),
+            metrics=MetricsSettings(autoscaler_port=0),  # ~60 autoscalers in this process: each a free port
         )  # fmt: skip
         # Prefect reads its API URL once, at import; the autoscalers' events must reach this server.
         os.environ["PREFECT_API_URL"] = settings.prefect.url
