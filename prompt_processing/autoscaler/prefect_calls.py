@@ -3,7 +3,7 @@
 Why: at LSSTCam scale one decision creates up to 189 flow runs. Made one POST at a time, in the
 thread that also decides for every other instrument, they held up the other instruments for as long
 as the whole burst took (about the time between two visits). Each creation is mostly the Prefect
-server's own CPU (BENCHMARKS.md: ~60-70 ms per run on one server process here), so requests in
+server's own CPU (BENCHMARKS.md: ~80 ms per run on PostgreSQL, one server process here), so requests in
 flight together are what lets several server processes (replicas) share a burst.
 
 Guarantees:
