@@ -345,13 +345,20 @@ class VisitSettings(BaseModel):
         120.0, ge=0, description="Extra wait for images beyond image_wait_exposures x exposure, counted from the "
         "shutter opening: an object-store or transfer outage shorter than this loses no visit.",
     )
-    step_retries: int = Field(2, ge=0, description="Prefect retries of a step on a retriable error.")
+    step_retries: int = Field(2, ge=0, description="Retries of a step on a retriable error.")
     step_retry_delay_s: float = Field(0.5, ge=0, description="Pause before a step's retry.")
     tag_task_runs: bool = Field(
         False,
         description="Tag each visit-detector task run instrument:<name>. Prefect checks a tagged task run's tags "
         "for concurrency limits with one API call: ~4 ms on PostgreSQL, but stalls of ~2 s on the embedded SQLite "
         "server (measured). Group and detector are in the run's name either way.",
+    )
+    step_task_runs: bool = Field(
+        True,
+        description="Run each step (preload, wait_for_images, process, publish) as a task run of its own under "
+        "the visit-detector's. Off, the steps run inline (same retries, same outcome, step timings still in "
+        "the outcome's artifact): 1 task run per visit-detector instead of 5, and ~60% less Prefect server CPU "
+        "(BENCHMARKS.md, 'Capacity of the orchestration tier'); for LSSTCam-scale nights.",
     )
     results_retention_s: float = Field(
         259_200, gt=0, description="How long outcome records stay in the results streams (night reports read them)."

@@ -7,7 +7,9 @@ Three names, three things:
   activator's long-lived flow run each visit-detector is one task run named
   ``<instrument>-<group>-det<NNN>`` (tag ``instrument:<name>``) with its four steps nested
   under it, named ``<instrument>-<group>-det<NNN>:<step>``: visible in the UI
-  at task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s.
+  at task-run cost (~10 ms per run) instead of a subflow's ~0.4-2.5 s. With
+  ``PP_VISIT__STEP_TASK_RUNS=false`` the steps run inline instead (``tasks.common.run_step``): one
+  task run per visit-detector, for LSSTCam-scale nights.
 * the ``process-visit-detector`` flow (``flows/process_visit_detector.py``): one flow run per
   visit-detector, deployed as ``process-visit-detector/rerun`` for manual reruns.
 
