@@ -16,7 +16,7 @@ demo: $(STAMP)
 # Lint, types and import contracts, the tests (two processes, a test module's tests in one of them),
 # then what a production install gets.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=20
 	$(MAKE) check-install
 
 lint: $(STAMP)
@@ -32,8 +32,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_fanout --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_autoscaler --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_burst --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_capacity --output BENCHMARKS.md
+	$(BIN)/python -m bench.bench_visit189 --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_workers --output BENCHMARKS.md
 	$(BIN)/python -m bench.night_sim --output BENCHMARKS.md
+	$(BIN)/python -m bench.night_sim --measured --visits 1000 --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_butler --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_pipeline --output BENCHMARKS.md
 	$(BIN)/python -m bench.bench_soak --visits 2000 --output BENCHMARKS.md

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.cpu import cpu_s
 from bench.prefect_env import isolate_prefect
 
 DETECTORS = 189
@@ -213,7 +214,7 @@ class Bursts:
 
     def _cpu(self) -> float:
         """CPU seconds the Prefect server's process tree has used so far."""
-        return sum(_cpu_s(p) for p in [self.server, *self.server.children(recursive=True)])
+        return sum(cpu_s(p) for p in [self.server, *self.server.children(recursive=True)])
 
     def _quiesce(self, idle_cores: float = 0.1, timeout_s: float = 180.0) -> float:
         """Wait until the server uses under ``idle_cores`` over a second (its background services done with
@@ -228,14 +229,6 @@ class Bursts:
     def close(self) -> None:
         self.redis.close()
         self.client.__exit__(None, None, None)
-
-
-def _cpu_s(process: psutil.Process) -> float:
-    try:
-        times = process.cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(times.user + times.system)
 
 
 class _Serving:

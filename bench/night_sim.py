@@ -1,4 +1,4 @@
-"""Autoscaler night simulation: python -m bench.night_sim [--hours H] [--seed S] [--output BENCHMARKS.md].
+"""Autoscaler night simulation: python -m bench.night_sim [--hours H | --visits N] [--seed S] [--measured].
 
 A discrete-event simulation (heapq, no services) of one LSSTCam night, run once per KEDA
 ScaledJob strategy on the same visits, entries and draws, with the scaler polling every 2 s
@@ -10,7 +10,9 @@ and deciding through ``prompt_processing.autoscaler.rules.scaling_decision``.
   image, processes it (lognormal), then takes the next waiting entry if any, and exits after
   an idle timeout without work. Idle jobs are served first-come first-served, as Redis
   serves blocked XREADGROUP clients.
-- Two nights: a nominal one and a harder one (``harder``), each with all four strategies.
+- Two nights: a nominal one and a harder one (``harder``), each with all four strategies; or, with
+  ``--measured``, one night whose pod starts, processing times and run creations are drawn from what
+  the benchmarks measured (``bench.night_inputs``), reported in a section of its own.
 - The scaler sees Q = entries waiting (consumer-group lag: entries not yet taken),
   running = jobs created and not exited (starting ones included, as KEDA counts them), and
   pending = jobs whose pod is still starting.
@@ -38,9 +40,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from rich.progress import Progress, TaskID
 
+from bench.night_inputs import Measured, load
 from prompt_processing.autoscaler.rules import KNOWN_STRATEGIES, scaling_decision
 
 SECTION = "## Autoscaler night simulation (issue 4)"
+MEASURED_SECTION = "## Autoscaler night simulation with measured inputs (issue 13)"
+DEFAULT_PLOT = Path("bench/results/night_sim.png")
 VISIT, READY, DONE, IDLE, TICK = range(5)
 STARTING, BUSY, WAITING, EXITED = range(4)
 FloatArray = np.ndarray[tuple[int], np.dtype[np.float64]]
@@ -70,6 +75,7 @@ class NightConfig:
     custom_percentage: float = 0.5
     latency_budget_s: float = 60.0  # image landed -> processing done
     seed: int = 1
+    measured: Measured | None = None  # pod start, processing and run creation drawn from measurements instead
 
     def visits(self) -> int:
         return self.n_visits if self.n_visits is not None else int(self.hours * 3600 / self.visit_interval_s)
@@ -97,7 +103,10 @@ def plan_night(cfg: NightConfig) -> Night:
     shutter = cfg.first_visit_s + np.concatenate(([0.0], np.cumsum(gaps[:-1])))
     event = shutter - rng.uniform(*cfg.lead_s, n)
     land = np.repeat(shutter + cfg.exposure_s, cfg.detectors)
-    processing = rng.lognormal(math.log(cfg.processing_median_s), cfg.processing_sigma, n * cfg.detectors)
+    if cfg.measured is not None:
+        processing = rng.choice(np.array(cfg.measured.processing_s), n * cfg.detectors)
+    else:
+        processing = rng.lognormal(math.log(cfg.processing_median_s), cfg.processing_sigma, n * cfg.detectors)
     return Night(event, land, processing, cfg.detectors)
 
 
@@ -138,6 +147,8 @@ class _Sim:
         self.ticks: list[tuple[float, int, int]] = []
         self.pod_rng = np.random.default_rng([cfg.seed, 2])  # the k-th job's pod start is the same for all
         self.pod_draws: list[float] = []
+        self.api_rng = np.random.default_rng([cfg.seed, 3])
+        self.api_free_s = 0.0  # when the API has created every run asked for so far (measured creations)
 
     def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
         self.seq += 1
@@ -213,15 +224,30 @@ class _Sim:
             self.strategy, backlog, 1, self.unfinished, self.pending, cfg.min_replicas, cfg.max_replicas,
             queue_length_deduction=cfg.custom_deduction, running_job_percentage=cfg.custom_percentage,
         )  # fmt: skip
-        for _ in range(new):
-            self.create(t)
+        for i in range(new):
+            self.create(self.created_at(t, first=i == 0))
         self.ticks.append((t, backlog, self.unfinished))
         if self.n_done < len(self.night.land_s):
             self.push(t + cfg.poll_s, TICK)
 
+    def created_at(self, t: float, *, first: bool) -> float:
+        """When a run asked for at ``t`` exists: at once, or (measured inputs) behind the runs still being
+        created, the first of a decision after a measured first-run latency, the next ones a measured interval
+        apart."""
+        m = self.cfg.measured
+        if m is None:
+            return t
+        gap = self.api_rng.choice(m.first_creation_s if first else m.creation_interval_s)
+        self.api_free_s = max(t, self.api_free_s) + float(gap)
+        return self.api_free_s
+
     def create(self, t: float) -> None:
         if not self.pod_draws:
-            draws = self.pod_rng.lognormal(math.log(self.cfg.pod_start_median_s), self.cfg.pod_start_sigma, 4096)
+            m = self.cfg.measured
+            if m is not None:
+                draws = self.pod_rng.choice(np.array(m.pod_start_s), 4096)
+            else:
+                draws = self.pod_rng.lognormal(math.log(self.cfg.pod_start_median_s), self.cfg.pod_start_sigma, 4096)
             self.pod_draws = draws[::-1].tolist()
         job = len(self.state)
         self.state.append(STARTING)
@@ -297,9 +323,10 @@ def recommend(nights: dict[str, dict[str, dict[str, float]]]) -> tuple[str, str]
     best = min(meets, key=lambda s: (wasted[s], -head[s]))
     passing = ", ".join(f"`{s}` ({wasted[s]:,.0f} wasted, head start >= {head[s]:.1f} s)" for s in meets)
     return best, (
-        "Rule: (1) on both nights no image waits for a job; (2) the fewest jobs wasted over both nights; (3) then "
-        "the largest worst-case head start (image landed - entry taken), the margin for what the model leaves out "
-        f"(API latency, slow nodes, preloading). Passing (1): {passing}. Failing: {', '.join(failing) or 'none'}."
+        "Rule: (1) on every night simulated here no image waits for a job; (2) the fewest jobs wasted over them; "
+        "(3) then the largest worst-case head start (image landed - entry taken), the margin for what the model "
+        "leaves out (slow nodes, preloading, and API latency where it is not measured). "
+        f"Passing (1): {passing}. Failing: {', '.join(failing) or 'none'}."
     )
 
 
@@ -313,32 +340,35 @@ def render_table(stats: dict[str, dict[str, float]]) -> list[str]:
 
 
 def describe(cfg: NightConfig, night: Night) -> str:
+    draws = cfg.measured.describe() if cfg.measured is not None else (
+        f"pod start lognormal (median {cfg.pod_start_median_s:.0f} s, sigma {cfg.pod_start_sigma}); processing "
+        f"lognormal (median {cfg.processing_median_s:.0f} s, sigma {cfg.processing_sigma}); runs created at once")
     return (
         f"{len(night.visit_event_s)} visits x {cfg.detectors} detectors = {len(night.land_s):,} entries; a visit "
         f"every {cfg.visit_interval_s:.0f} s (sd {cfg.visit_jitter_s:.0f} s); next-visit event {cfg.lead_s[0]:.0f}-"
-        f"{cfg.lead_s[1]:.0f} s before shutter open, image landed {cfg.exposure_s:.0f} s after it; pod start "
-        f"lognormal (median {cfg.pod_start_median_s:.0f} s, sigma {cfg.pod_start_sigma}); processing lognormal "
-        f"(median {cfg.processing_median_s:.0f} s, sigma {cfg.processing_sigma}); zero wait would finish "
-        f"{np.mean(night.processing_s <= cfg.latency_budget_s):.2%} within {cfg.latency_budget_s:.0f} s"
+        f"{cfg.lead_s[1]:.0f} s before shutter open, image landed {cfg.exposure_s:.0f} s after it; {draws}; zero "
+        f"wait would finish {np.mean(night.processing_s <= cfg.latency_budget_s):.2%} within "
+        f"{cfg.latency_budget_s:.0f} s"
     )
 
 
 def render(runs: dict[str, tuple[NightConfig, Night, dict[str, dict[str, float]]]], command: str, plot: str,
-           wall_s: float) -> str:  # fmt: skip
+           wall_s: float, title: str = SECTION) -> str:  # fmt: skip
     cfg = next(iter(runs.values()))[0]
     best, why = recommend({label: stats for label, (_, _, stats) in runs.items()})
+    sources = f" Measured inputs from {cfg.measured.sources}." if cfg.measured is not None else ""
     lines = [
-        SECTION,
+        title,
         "",
         f"Command: `{command}`, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
-        f"(Python {platform.python_version()}); {len(runs)} nights x {len(KNOWN_STRATEGIES)} strategies simulated "
+        f"(Python {platform.python_version()}); {len(runs)} night(s) x {len(KNOWN_STRATEGIES)} strategies simulated "
         f"in {wall_s:.1f} s. Discrete-event model (`bench/night_sim.py`): a job takes one entry at a time, waits "
         f"for its image, processes it, takes the next, and exits after {cfg.idle_timeout_s:.0f} s idle. The scaler "
         f"polls every {cfg.poll_s:.0f} s with `scaling_decision`: Q = entries not yet taken (lag), running = jobs "
         f"created and not exited (starting ones included, as KEDA counts them), pending = jobs still starting; "
         f"min {cfg.min_replicas}, max {cfg.max_replicas}; `custom` with deduction {cfg.custom_deduction} and "
         f"running-job percentage {cfg.custom_percentage} (KEDA's documented example). Every strategy sees the same "
-        f"visits and draws (seed {cfg.seed}).",
+        f"visits and draws (seed {cfg.seed}).{sources}",
     ]
     for label, (night_cfg, night, stats) in runs.items():
         lines += ["", f"### {label}: {describe(night_cfg, night)}", "", *render_table(stats)]
@@ -346,7 +376,8 @@ def render(runs: dict[str, tuple[NightConfig, Night, dict[str, dict[str, float]]
         "",
         f"![night simulation]({plot})",
         "",
-        f"**Recommendation: `{best}` as the production default.** {why}",
+        (f"**By the same rule, on this night alone: `{best}`.** {why}" if cfg.measured is not None else
+         f"**Recommendation: `{best}` as the production default.** {why}"),
         "",
         "The model has no preload step: the time a job holds an entry before its image lands counts as waiting, "
         "so it overstates the job-hours of strategies that take entries at event time, where production workers "
@@ -359,7 +390,7 @@ def render(runs: dict[str, tuple[NightConfig, Night, dict[str, dict[str, float]]
 def plot_results(runs: dict[str, tuple[Night, list[Result]]], path: Path, window_s: float = 900.0) -> None:
     """Per night: backlog in a mid-night window, concurrent jobs, CDF of entry taken - image landed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    fig, axes = plt.subplots(len(runs), 3, figsize=(18, 4.5 * len(runs)), squeeze=False)
     for row, (label, (night, results)) in enumerate(runs.items()):
         mid = float(night.land_s[-1]) / 2
         for r in results:
@@ -381,12 +412,12 @@ def plot_results(runs: dict[str, tuple[Night, list[Result]]], path: Path, window
     plt.close(fig)
 
 
-def replace_section(path: Path, section: str) -> None:
+def replace_section(path: Path, section: str, title: str = SECTION) -> None:
     """Read-modify-write only this section of BENCHMARKS.md, keeping the others."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section says the command that produced it.\n"
-    if SECTION in text:
-        start = text.index(SECTION)
-        following = text.find("\n## ", start + len(SECTION))
+    if title in text:
+        start = text.index(title)
+        following = text.find("\n## ", start + len(title))
         text = text[:start] + section + ("" if following < 0 else text[following:])
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -413,12 +444,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--plot", type=Path, default=Path("bench/results/night_sim.png"))
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--min-replicas", type=int, default=3)
     parser.add_argument("--max-replicas", type=int, default=1700)
+    parser.add_argument("--visits", type=int, help="a night of this many visits (overrides --hours)")
+    parser.add_argument("--measured", action="store_true",
+                        help="draw pod start, processing and run creation from bench/results (bench.night_inputs)")
     args = parser.parse_args(argv)
-    base = NightConfig(hours=args.hours, seed=args.seed, min_replicas=args.min_replicas, max_replicas=args.max_replicas)
-    configs = {"Nominal night": base, "Harder night": harder(base)}
+    base = NightConfig(hours=args.hours, n_visits=args.visits, seed=args.seed, min_replicas=args.min_replicas,
+                       max_replicas=args.max_replicas)  # fmt: skip
+    if args.measured:
+        configs, title = {"Measured night": replace(base, measured=load())}, MEASURED_SECTION
+        args.plot = args.plot.with_name("night_sim_measured.png") if args.plot == DEFAULT_PLOT else args.plot
+    else:
+        configs, title = {"Nominal night": base, "Harder night": harder(base)}, SECTION
     runs: dict[str, tuple[Night, list[Result]]] = {}
     with Progress() as progress:
         for label, cfg in configs.items():
@@ -430,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_results(runs, args.plot)
     command = shlex.join(["python", "-m", "bench.night_sim", *(sys.argv[1:] if argv is None else argv)])
     wall_s = sum(r.wall_s for _, results in runs.values() for r in results)
-    section = render(stats, command, str(args.plot), wall_s)
-    replace_section(args.output, section)
+    section = render(stats, command, str(args.plot), wall_s, title)
+    replace_section(args.output, section, title)
     print(section)
     return 0
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.night_inputs import BURST_MODE, Measured, load
 from bench.night_sim import SECTION, NightConfig, main, plan_night, replace_section, simulate
 from prompt_processing.autoscaler.rules import KNOWN_STRATEGIES
 
@@ -83,3 +85,38 @@ def test_main_writes_its_section_and_plot(tmp_path: Path, capsys: pytest.Capture
     assert "python -m bench.night_sim --hours 0.03" in text
     assert plot.stat().st_size > 0
     capsys.readouterr()
+
+
+def _measured(first_s: float, interval_s: float) -> Measured:
+    return Measured(pod_start_s=(1e-9,), processing_s=(5.0,), first_creation_s=(first_s,),
+                    creation_interval_s=(interval_s,), sources="test")  # fmt: skip
+
+
+def test_measured_run_creation_queues_each_decisions_runs_behind_the_api() -> None:
+    cfg = replace(TINY, max_replicas=100_000, min_replicas=0, detectors=20, measured=_measured(3.0, 0.5))
+    night = plan_night(cfg)
+    result = simulate(night, cfg, "eager")
+    first_visit = result.take_s[:20] - night.visit_event_s[0]
+    # 20 runs asked for within one poll: the k-th exists 3 s + (k - 1) x 0.5 s after the decision, at the earliest
+    assert sorted(first_visit)[-1] >= 3.0 + 19 * 0.5
+    assert (night.processing_s == 5.0).all()  # processing drawn from the measured samples
+    instant = simulate(night, replace(cfg, measured=_measured(0.0, 0.0)), "eager")
+    assert (instant.take_s - np.repeat(night.visit_event_s, 20)).max() <= cfg.poll_s + 1e-6
+
+
+def test_measured_inputs_come_from_the_benchmarks_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"bench\.bench_capacity"):
+        load(tmp_path)
+    steps = [{"database": "postgresql", "variant": "steps as task runs", "offered_per_s": r, "overhead_s": o}
+             for r, o in ((2, [0.1, 0.2]), (4, [0.3, 0.35]), (6, [0.5, 0.9]))]  # fmt: skip
+    (tmp_path / "capacity.json").write_text(json.dumps({"steps": steps}))
+    (tmp_path / "visit189.json").write_text(json.dumps({"solo_start_s": [4.0, 6.0], "bursts": []}))
+    (tmp_path / "workers.json").write_text(json.dumps({"compute_4096_s": [10.0, 12.0]}))
+    bursts = [{"database": "postgresql", "mode": BURST_MODE, "created_s": [0.5, 0.6, 0.8]},
+              {"database": "sqlite", "mode": BURST_MODE, "created_s": [9.0, 19.0]}]  # fmt: skip
+    (tmp_path / "burst.json").write_text(json.dumps(bursts))
+    m = load(tmp_path)
+    assert m.pod_start_s == (4.0, 6.0)
+    assert sorted(m.processing_s) == pytest.approx([10.3, 10.35, 12.3, 12.35])  # the highest rate within 400 ms p95
+    assert m.first_creation_s == (0.5,)
+    assert m.creation_interval_s == pytest.approx((0.1, 0.2))
