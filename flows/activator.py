@@ -121,9 +121,8 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
         return "lost"
     if not isinstance(outcome, VisitOutcome):  # a retriable error that outlasted the retries, or a bug
         delay_s = 0.0 if ctx.stopping.is_set() else queue.retry_delay_s(item.deliveries)
-        logger.warning("%s %s det%03d not final (%r); handed back, retried in %.1f s (attempt %d of %d)",
-                       visit.instrument, visit.groupId, detector, outcome, delay_s, item.deliveries + 1,
-                       queue.max_deliveries)  # fmt: skip
+        label = f"{visit.instrument} {visit.groupId} det{detector:03d}"
+        logger.warning(hand_back_line(label, outcome, item.deliveries, queue.max_deliveries, delay_s))
         try:
             queue.persistently("hand-back", lambda: queue.hand_back([item.entry_id], delays_s=[delay_s]))
         except redis.RedisError as exc:  # it stays pending: reclaimed after claim_idle_s
@@ -137,6 +136,16 @@ def _run_one(ctx: ProcessingContext, queue: WorkQueue, item: WorkItem) -> str:
         logger.error("outcome of %s not recorded (%s); the entry is redelivered", item.entry_id, exc)
         return "lost"
     return outcome.status if recorded else "lost"
+
+
+def hand_back_line(label: str, outcome: object, deliveries: int, max_deliveries: int, delay_s: float) -> str:
+    """The log line of an entry handed back not final after its ``deliveries``-th attempt: when it is tried
+    again, or, after the last attempt ``max_deliveries`` allows, that its next claim dead-letters it."""
+    if deliveries >= max_deliveries:
+        return (f"{label} not final ({outcome!r}) after attempt {deliveries} of {max_deliveries}; handed back, "
+                "dead-lettered when next claimed (max_deliveries reached)")  # fmt: skip
+    return (f"{label} not final ({outcome!r}); handed back, retried in {delay_s:.1f} s (attempt {deliveries + 1} "
+            f"of {max_deliveries})")  # fmt: skip
 
 
 def _forget_task_results() -> None:

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from flows.activator import hand_back_line
 from prompt_processing import logs
+from prompt_processing.model.errors import RetriableError
 from prompt_processing.settings import Settings
 from tasks.logs import StateLines, configure_run_logging
 from tasks.outcome import VisitOutcome, outcome_line
@@ -54,3 +56,15 @@ def test_prefect_state_lines_are_dropped_in_runs_and_exceptions_kept() -> None:
                              (RuntimeError("bug"),), None)  # fmt: skip
     drop = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state %s", ("x",), None)
     assert task_runs.filter(keep) and not task_runs.filter(drop)
+
+
+def test_a_hand_back_line_says_when_the_entry_is_tried_again_or_that_it_will_be_dead_lettered() -> None:
+    error = RetriableError("S3: connection refused")
+    assert hand_back_line("LSSTCam g1 det094", error, 2, 5, 20.0) == (
+        "LSSTCam g1 det094 not final (RetriableError('S3: connection refused')); handed back, retried in 20.0 s "
+        "(attempt 3 of 5)"
+    )
+    assert hand_back_line("LSSTCam g1 det094", error, 5, 5, 80.0) == (
+        "LSSTCam g1 det094 not final (RetriableError('S3: connection refused')) after attempt 5 of 5; handed back, "
+        "dead-lettered when next claimed (max_deliveries reached)"
+    )
