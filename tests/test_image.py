@@ -60,7 +60,7 @@ def project() -> dict[str, object]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def test_the_build_stage_installs_every_package_from_the_lock_file_without_extras(
+def test_the_build_stage_installs_every_package_from_the_lock_file_without_the_dev_kit(
     dockerfile: tuple[dict[str, str], list[Stage]], project: dict[str, object]
 ) -> None:
     _, stages = dockerfile
@@ -73,7 +73,8 @@ def test_the_build_stage_installs_every_package_from_the_lock_file_without_extra
     (run,) = build.all("RUN")
     install = next(part.split() for part in run.split("&&") if " install " in part and "-c" in part)
     assert install[install.index("-c") + 1] == "requirements.lock"
-    assert install[-1] == "."  # the package itself: no extras, so no dev kit tools
+    assert install[-1] == '".[kubernetes]"'  # the package and its Kubernetes worker: no dev kit tools
+    assert "kubernetes" in project["project"]["optional-dependencies"]  # type: ignore[index]
     for source in copied:
         assert (ROOT / source).exists(), f"COPY of a path that is not in the repository: {source}"
 

@@ -40,6 +40,11 @@ class WorkPoolDefinition(BaseModel):
     name: str = Field(min_length=1)
     type: str = Field(min_length=1, description="Prefect worker type: process, kubernetes, ...")
     description: str = ""
+    base_job_template: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The pool's base job template, read from the JSON file the entry's `baseJobTemplate` names "
+        "(beside work-pools.yaml); empty: the worker type's default.",
+    )
 
 
 class Notify(BaseModel):
@@ -76,7 +81,7 @@ def prefect_env(settings: Settings) -> dict[str, str]:
 def work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
     """The work pools the deployments of ``project_dir/prefect.yaml`` use, as defined in
     ``deployments/work-pools.yaml``; DeployError naming what is missing."""
-    defined = {p.name: p for p in _load_pool_definitions(project_dir / WORK_POOLS_YAML)}
+    defined = {p.name: p for p in defined_work_pools(project_dir)}
     prefect_yaml = _read_yaml(project_dir / PREFECT_YAML)
     used = {d["work_pool"]["name"] for d in prefect_yaml.get("deployments", []) if d.get("work_pool")}
     missing = sorted(used - set(defined))
@@ -85,13 +90,19 @@ def work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
     return [defined[name] for name in sorted(used)]
 
 
+def defined_work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
+    """Every pool ``deployments/work-pools.yaml`` defines, base job templates read; DeployError if invalid."""
+    return _load_pool_definitions(project_dir / WORK_POOLS_YAML)
+
+
 def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> list[str]:
     """Create the pools that do not exist yet; return the names created (existing ones are kept)."""
     created = []
     with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
         for pool in pools:
             try:
-                client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description))
+                client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description,
+                                                       base_job_template=pool.base_job_template))  # fmt: skip
             except ObjectAlreadyExists:
                 continue
             created.append(pool.name)
@@ -205,9 +216,21 @@ def _load_pool_definitions(path: Path) -> list[WorkPoolDefinition]:
     if not isinstance(entries, list):
         raise DeployError(f"{path}: expected a `workPools:` list")
     try:
-        return [WorkPoolDefinition.model_validate(entry) for entry in entries]
+        return [WorkPoolDefinition.model_validate(_with_template(entry, path.parent)) for entry in entries]
     except ValidationError as exc:
         raise DeployError(f"{path}: invalid work pool: {exc}") from exc
+
+
+def _with_template(entry: Any, directory: Path) -> Any:
+    """The entry with its ``baseJobTemplate`` file (relative to ``directory``) read in as ``base_job_template``."""
+    if not isinstance(entry, dict) or "baseJobTemplate" not in entry:
+        return entry
+    path = directory / str(entry["baseJobTemplate"])
+    try:
+        template = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DeployError(f"{path}: cannot read the base job template of work pool {entry.get('name')}: {exc}") from exc
+    return {k: v for k, v in entry.items() if k != "baseJobTemplate"} | {"base_job_template": template}
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

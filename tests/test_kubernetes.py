@@ -1,0 +1,108 @@
+"""The Kubernetes work pool: its base job template, the Job a Kubernetes worker would create from it
+(rendered offline with prefect-kubernetes' own configuration class), and the pool made from it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
+from prefect.utilities.templating import apply_values
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+from prompt_processing.adapters.prefect_api import WorkPoolDefinition, defined_work_pools, ensure_work_pools
+from prompt_processing.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = json.loads((ROOT / "deployments" / "kubernetes-job-template.json").read_text())
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
+
+
+def render_job(variables: dict[str, Any], flow_name: str = "activator") -> dict[str, Any]:
+    """The Job manifest a Kubernetes worker would submit for a flow run, from the template's defaults
+    and ``variables`` (a deployment's job variables)."""
+    defaults = {k: v["default"] for k, v in TEMPLATE["variables"]["properties"].items() if "default" in v}
+    config = KubernetesWorkerJobConfiguration(**apply_values(TEMPLATE["job_configuration"], defaults | variables))
+    flow = Flow(id=uuid.uuid4(), name=flow_name)
+    run = FlowRun(id=uuid.uuid4(), name="brisk-otter", flow_id=flow.id)
+    pool = WorkPool(name="prompt-processing-kubernetes", type="kubernetes", base_job_template=TEMPLATE)
+    config.prepare_for_flow_run(flow_run=run, flow=flow, work_pool=pool, worker_name="pp-worker")
+    return config.job_manifest
+
+
+@pytest.fixture(scope="module")
+def activator_job() -> dict[str, Any]:
+    return render_job({"image": "registry.example/prompt-processing:1.2.3", "instrument": "LSSTCam"})
+
+
+def test_the_kubernetes_pool_is_defined_with_the_template_file() -> None:
+    (pool,) = [p for p in defined_work_pools(ROOT) if p.type == "kubernetes"]
+    assert pool.base_job_template == TEMPLATE
+
+
+def test_an_activator_runs_as_a_job_with_rubins_resources_and_the_image_asked_for(
+    activator_job: dict[str, Any],
+) -> None:
+    spec = activator_job["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example/prompt-processing:1.2.3"
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "5Gi"},
+        "limits": {"cpu": "1", "memory": "8Gi", "ephemeral-storage": "5Gi"},
+    }
+    assert (spec["backoffLimit"], spec["ttlSecondsAfterFinished"], spec["completions"], spec["parallelism"]) == (
+        0, 600, 1, 1)  # fmt: skip
+    assert "completions" not in spec["template"]["spec"]  # a Job field, not a pod's (the default template's slip)
+    assert activator_job["metadata"]["namespace"] == "prompt-processing"
+    assert spec["template"]["metadata"]["labels"]["prompt-processing/instrument"] == "LSSTCam"
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_settings_come_from_the_config_map_and_the_secret_never_as_plain_values(
+    activator_job: dict[str, Any],
+) -> None:
+    (container,) = activator_job["spec"]["template"]["spec"]["containers"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "pp-config"}}, {"secretRef": {"name": "pp-secrets"}}]
+    names = {e["name"]: e.get("value") for e in container["env"]}
+    assert "PREFECT__FLOW_RUN_ID" in names and "PREFECT_API_URL" in names
+    leaked = [n for n, v in names.items() if v and any(w in n.upper() for w in SECRET_WORDS)]
+    assert not leaked, f"secret-looking variables with plain values: {leaked}"
+
+
+def test_the_pod_is_non_root_read_only_without_capabilities_and_writes_to_empty_dirs(
+    activator_job: dict[str, Any],
+) -> None:
+    pod = activator_job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts) == {"/tmp", "/work"}  # the image's only writable paths (image/Dockerfile)
+    assert all("emptyDir" in volumes[name] for name in mounts.values())
+
+
+def test_a_rerun_gets_the_same_pod_and_its_own_labels() -> None:
+    job = render_job({"instrument": "LATISS"}, flow_name="process-visit-detector")
+    pod = job["spec"]["template"]
+    assert pod["metadata"]["labels"]["prompt-processing/instrument"] == "LATISS"
+    assert pod["metadata"]["labels"]["prefect.io/flow-name"] == "process-visit-detector"
+    assert pod["spec"]["containers"][0]["image"] == TEMPLATE["variables"]["properties"]["image"]["default"]
+
+
+def test_pp_deploy_creates_the_pool_with_its_template(stack_settings: Settings, prefect_server: str) -> None:
+    (pool,) = [p for p in defined_work_pools(ROOT) if p.type == "kubernetes"]
+    pool = WorkPoolDefinition(name=f"k8s-{uuid.uuid4().hex[:6]}", type=pool.type, base_job_template=TEMPLATE)
+    assert ensure_work_pools(stack_settings, [pool]) == [pool.name]
+    with get_client(sync_client=True) as client:
+        made = client.read_work_pool(pool.name)
+    assert made.type == "kubernetes"
+    assert made.base_job_template == TEMPLATE
