@@ -36,7 +36,7 @@ from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
 from prompt_processing.autoscaler.loop import EVENT_NAME, Autoscaler, ScaleRecord
 from prompt_processing.autoscaler.metrics import QueueMetrics, measure_queue
-from prompt_processing.autoscaler.spec import ScaledJobSpec, SpecError, load_specs, parse_specs
+from prompt_processing.autoscaler.spec import ScaledJobSpec, SpecError, load_specs, loads_specs, parse_specs
 from prompt_processing.model import naming
 from prompt_processing.model.events import TAI_MINUS_UTC_S, FanOutEntry, NextVisit
 from prompt_processing.model.instruments import LATISS
@@ -184,6 +184,15 @@ def test_invalid_specs_name_the_field(change: dict[str, Any], message: str) -> N
         parse_specs({"scaledJobs": [body]}, source="autoscaler.yaml")
     assert message in str(caught.value)
     assert "autoscaler.yaml: " in str(caught.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_not_expanded() -> None:
+    # 40 levels of aliases, each doubling the one before: 2**40 items once expanded (found by tests/test_fuzz.py)
+    levels = "\n".join(f"      a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 40))
+    spec = (f"scaledJobs:\n  - instrument: LSSTCam\n    deployment: activator/activator-lsstcam\n    parameters:\n"
+            f"      a0: &a0 [x, x]\n{levels}\n    triggers: [{{type: redis-streams, metadata: {{lagCount: 1}}}}]\n")
+    with pytest.raises(SpecError, match=r"parameters: more than 10000 items once YAML aliases are expanded"):
+        loads_specs(spec.encode())
 
 
 def test_spec_file_errors_are_clear(tmp_path: Path) -> None:

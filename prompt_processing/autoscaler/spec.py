@@ -44,6 +44,10 @@ _KEDA_CONNECTION_KEYS = (
 )  # fmt: skip
 
 
+MAX_VALUE_NODES = 10_000
+"""The most items (texts, numbers, lists, mappings) one field of a spec may hold, nested and expanded."""
+
+
 class SpecError(ValueError):
     """The spec file is missing, not YAML, or invalid; the message names the file and field."""
 
@@ -55,10 +59,15 @@ class _Model(BaseModel):
     @classmethod
     def _utf8(cls, value: Any) -> Any:
         """Names and parameters go to Redis and the Prefect API: every text in them (nested too) must encode as
-        UTF-8, which a lone surrogate (a YAML ``"\\udc80"`` escape) does not."""
-        pending = [value]
+        UTF-8, which a lone surrogate (a YAML ``"\\udc80"`` escape) does not; and a value may hold at most
+        ``MAX_VALUE_NODES`` items once expanded (YAML aliases can nest a value that expands exponentially, and
+        the parameters are sent expanded)."""
+        pending, seen = [value], 0
         while pending:  # a loop, not recursion: nesting as deep as YAML allows
             item = pending.pop()
+            seen += 1
+            if seen > MAX_VALUE_NODES:
+                raise ValueError(f"more than {MAX_VALUE_NODES} items once YAML aliases are expanded")
             if isinstance(item, str):
                 try:
                     item.encode("utf-8")
