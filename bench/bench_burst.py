@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.cpu import cpu_s
+from bench.cpu import tree_cpu_s, wait_quiet
 from bench.prefect_env import isolate_prefect
 
 DETECTORS = 189
@@ -214,17 +214,12 @@ class Bursts:
 
     def _cpu(self) -> float:
         """CPU seconds the Prefect server's process tree has used so far."""
-        return sum(cpu_s(p) for p in [self.server, *self.server.children(recursive=True)])
+        return tree_cpu_s(self.server)
 
-    def _quiesce(self, idle_cores: float = 0.1, timeout_s: float = 180.0) -> float:
-        """Wait until the server uses under ``idle_cores`` over a second (its background services done with
-        the last burst's events); return when that second began (unix s)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            began, before = time.time(), self._cpu()
-            time.sleep(1.0)
-            if self._cpu() - before < idle_cores or time.monotonic() > deadline:
-                return began
+    def _quiesce(self) -> float:
+        """Wait until the server is quiet again (its background services done with the last burst's events);
+        return when (unix s)."""
+        return wait_quiet(self.server)
 
     def close(self) -> None:
         self.redis.close()

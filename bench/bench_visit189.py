@@ -77,16 +77,16 @@ def child(args: argparse.Namespace) -> int:
                 stack.stop_activators()
                 stack.start_activators(1, calibration, env)
                 solo_start_s.append(stack.start_s[-1])
-            counts, n = list(args.activators), 0
+            counts, fill = list(args.activators), not args.no_fill
             while counts:
                 n = counts.pop(0)
                 stack.start_activators(n, calibration, env)
                 warm_up(stack, n)
                 rss = stack.activators_rss_bytes()
                 most = min(args.max_activators, n + memory_allows(float(np.median(rss))))
-                if n == args.activators[-1] and args.fill_memory and most > n:  # then as many as memory allows
+                if not counts and fill and most > n:  # after the listed counts, as many as memory allows
                     counts.append(most)
-                    args.fill_memory = False
+                    fill = False
                 prefix = new_prefix(f"v189n{n}")
                 server, clients, db_bytes = stack.server_cpu_s(), stack.activators_cpu_s(), stack.db_bytes()
                 postgres = stack.postgres_cpu_s()
@@ -103,7 +103,6 @@ def child(args: argparse.Namespace) -> int:
                 print(f"{variant}, {n} activators: 189th outcome after {burst.last_s:.1f} s (ideal "
                       f"{burst.ideal_s:.1f} s), RSS median {np.median(rss) / 2**20:.0f} MiB", flush=True)  # fmt: skip
             stack.stop_activators()
-            args.fill_memory = not args.no_fill
     args.samples.write_text(json.dumps({"bursts": [asdict(b) for b in bursts], "solo_start_s": solo_start_s,
                                         "start_s": stack.start_s}))  # fmt: skip
     return 0
@@ -213,7 +212,6 @@ def main() -> int:
     parser.add_argument("--samples", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.fill_memory = not args.no_fill
         return child(args)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="pp-bench-visit189-") as tmp:

@@ -22,17 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-import redis
 import sqlalchemy
 
-from bench.cpu import cpu_s
+from bench.cpu import cpu_s, tree_cpu_s, wait_quiet
 from pp_devkit.postgres import fresh_database
 from pp_devkit.sim import next_visit_message, plan_visits
 from pp_devkit.stack import Stack, free_port
 from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.results import read_results
 from prompt_processing.adapters.streams import StreamFanOut
-from prompt_processing.model import naming
 from prompt_processing.model.events import NextVisit
 from prompt_processing.model.instruments import LSSTCAM
 from prompt_processing.settings import (
@@ -129,7 +127,6 @@ class CapacityStack:
                          timeout_s: float = 300.0) -> None:  # fmt: skip
         """Start activators until ``n`` run, each waiting on the work stream. Their start times (spawned ->
         reading the work stream: imports, the flow run, the clients) are kept, in the order they joined."""
-        self._ensure_group()
         before, spawned_at = self._joined(), time.monotonic()
         for _ in range(n - len(self.activators)):
             argv = [sys.executable, "-m", "bench.capacity_activator", INSTRUMENT,
@@ -145,14 +142,6 @@ class CapacityStack:
             if dead or time.monotonic() > deadline:
                 raise RuntimeError(f"activators did not start (exited: {dead}); see {self._log.name}")
             time.sleep(0.05)
-
-    def _ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(naming.stream_name(INSTRUMENT), naming.consumer_group(INSTRUMENT), "$",
-                                     mkstream=True)  # fmt: skip
-        except redis.ResponseError as exc:  # BUSYGROUP: made already
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def _joined(self) -> int:
         """Activators that reached their loop: their Redis client (``pp-activator-*``) has issued XREADGROUP.
@@ -180,7 +169,7 @@ class CapacityStack:
         return sum(cpu_s(psutil.Process(p.pid)) for p in self.activators if p.poll() is None)
 
     def server_cpu_s(self) -> float:
-        return sum(cpu_s(p) for p in [self.server, *self.server.children(recursive=True)])
+        return tree_cpu_s(self.server)
 
     # ------------------------------------------------------------------ work and what came of it
 
@@ -235,14 +224,9 @@ class CapacityStack:
         path = Path(str(self.engine.url.database))
         return sum(f.stat().st_size for f in (path, path.with_name(path.name + "-wal")) if f.exists())
 
-    def quiesce(self, idle_cores: float = 0.1, timeout_s: float = 120.0) -> None:
-        """Wait until the server uses under ``idle_cores`` over a second (its recorders have caught up)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            before = self.server_cpu_s()
-            time.sleep(1.0)
-            if self.server_cpu_s() - before < idle_cores:
-                return
+    def quiesce(self) -> None:
+        """Wait until the server is quiet again (its recorders have caught up with what was sent)."""
+        wait_quiet(self.server, timeout_s=120.0)
 
     def close(self) -> None:
         self.stop_activators()

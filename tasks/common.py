@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,14 +23,11 @@ from typing import Any
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.exceptions import MissingContextError
 from prefect.states import Cancelled
 
 from prompt_processing.activator.context import StepClock
 from prompt_processing.model.errors import NonRetriableError, RetriableError
 from prompt_processing.settings import VisitSettings
-
-log = logging.getLogger(__name__)
 
 STOPPED = "Stopped"
 """Name of a step's state when a final error of its visit-detector stopped it."""
@@ -84,21 +80,13 @@ def _run_inline(step_task: Task[..., Any], visit: VisitSettings, *args: Any) -> 
             retries += 1
             if retries > visit.step_retries:
                 raise
-            _logger().warning("step %s: retriable error, retry %d of %d in %.1f s", step_task.name, retries,
-                              visit.step_retries, visit.step_retry_delay_s, exc_info=True)  # fmt: skip
+            get_run_logger().warning("step %s: retriable error, retry %d of %d in %.1f s", step_task.name, retries,
+                                     visit.step_retries, visit.step_retry_delay_s, exc_info=True)  # fmt: skip
             time.sleep(visit.step_retry_delay_s)
             continue
         if isinstance(result, State) and isinstance(result.data, NonRetriableError):  # the step's STOPPED state
             raise result.data
         return result
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The run's logger (its lines in the UI, under the visit-detector's task run), else this module's."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log
 
 
 def with_step_options[T: Task[Any, Any]](step_task: T, visit: VisitSettings) -> T:
