@@ -69,8 +69,12 @@ def activator(
 ) -> State[dict[str, int]]:
     """Process visit-detectors of ``instrument`` until idle or ``max_visits``; the counts are the result.
 
-    ``queue``: the work-queue contract (set by the autoscaler); ``max_visits`` and
-    ``idle_timeout_s`` override ``PP_ACTIVATOR__*`` for this run.
+    Args:
+        instrument: The camera whose stream (`instrument:<name>`) this activator reads.
+        queue: The work-queue contract (stream, group, claim_idle_s, max_deliveries); the autoscaler
+            sets it. Leave it empty in a run started by hand: it is built from PP_QUEUE__*.
+        max_visits: Stop after this many visit-detectors (empty: PP_ACTIVATOR__MAX_VISITS).
+        idle_timeout_s: Stop after this many seconds without work (empty: PP_ACTIVATOR__IDLE_TIMEOUT_S).
     """
     settings = Settings()
     a = settings.activator

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prompt_processing.adapters.prefect_api import DeployError, automations, work_pools
+from prompt_processing.adapters.prefect_api import (
+    DeployError,
+    automations,
+    defined_work_pools,
+    deploy_target_env,
+    work_pool,
+)
 from prompt_processing.autoscaler.spec import load_specs
 from prompt_processing.model import naming
 from prompt_processing.settings import DEFAULT_INSTRUMENTS, Settings
@@ -24,17 +30,32 @@ def deployment_names() -> set[str]:
     return {f"{flows[d['entrypoint']]}/{d['name']}" for d in spec["deployments"]}
 
 
-def test_every_pool_of_prefect_yaml_is_defined_and_it_is_the_default_pool() -> None:
-    (pool,) = work_pools(ROOT)
-    assert (pool.name, pool.type) == (Settings().prefect.work_pool, "process")
+def test_prefect_yaml_serves_every_pool_and_each_worker_type_has_one() -> None:
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"{{ $PP_DEPLOY_WORK_POOL }}"}
+    (pull,) = spec["pull"]
+    assert pull["prefect.deployments.steps.set_working_directory"] == {"directory": "{{ $PP_DEPLOY_CODE_DIR }}"}
+    pools = defined_work_pools(ROOT)
+    assert sorted(p.type for p in pools) == ["kubernetes", "process"]
+    assert work_pool(ROOT, "process").name == Settings().prefect.work_pool
+    assert work_pool(ROOT, "kubernetes").code_directory == "/opt/pp/src"  # the image's WORKDIR
 
 
-def test_a_pool_used_but_not_defined_is_named_in_the_error(tmp_path: Path) -> None:
+def test_a_pool_type_not_defined_is_named_in_the_error(tmp_path: Path) -> None:
     shutil.copy(ROOT / "prefect.yaml", tmp_path / "prefect.yaml")
     (tmp_path / "deployments").mkdir()
     (tmp_path / "deployments" / "work-pools.yaml").write_text("workPools:\n  - {name: other, type: process}\n")
-    with pytest.raises(DeployError, match=r"uses work pool\(s\) prompt-processing, not defined in deployments"):
-        work_pools(tmp_path)
+    with pytest.raises(DeployError, match=r"defines 0 work pools of type 'kubernetes' .*types defined: process"):
+        work_pool(tmp_path, "kubernetes")
+
+
+def test_the_placeholders_name_the_pool_and_where_its_runs_find_the_code(tmp_path: Path) -> None:
+    process, kubernetes = work_pool(ROOT, "process"), work_pool(ROOT, "kubernetes")
+    assert deploy_target_env(process, tmp_path) == {"PP_DEPLOY_WORK_POOL": "prompt-processing",
+                                                    "PP_DEPLOY_CODE_DIR": str(tmp_path.resolve())}  # fmt: skip
+    assert deploy_target_env(kubernetes, tmp_path)["PP_DEPLOY_CODE_DIR"] == "/opt/pp/src"
+    with pytest.raises(DeployError, match="has no image to set"):
+        process.with_image("registry.example/pp:1")
 
 
 def test_deployments_are_the_ones_the_code_and_the_autoscaler_name() -> None:

@@ -14,7 +14,12 @@ from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
 from prefect.utilities.templating import apply_values
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-from prompt_processing.adapters.prefect_api import WorkPoolDefinition, defined_work_pools, ensure_work_pools
+from prompt_processing.adapters.prefect_api import (
+    WorkPoolDefinition,
+    defined_work_pools,
+    deploy_all,
+    ensure_work_pools,
+)
 from prompt_processing.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +27,16 @@ TEMPLATE = json.loads((ROOT / "deployments" / "kubernetes-job-template.json").re
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
 
 
-def render_job(variables: dict[str, Any], flow_name: str = "activator") -> dict[str, Any]:
+def render_job(
+    variables: dict[str, Any], flow_name: str = "activator", template: dict[str, Any] = TEMPLATE
+) -> dict[str, Any]:
     """The Job manifest a Kubernetes worker would submit for a flow run, from the template's defaults
     and ``variables`` (a deployment's job variables)."""
-    defaults = {k: v["default"] for k, v in TEMPLATE["variables"]["properties"].items() if "default" in v}
-    config = KubernetesWorkerJobConfiguration(**apply_values(TEMPLATE["job_configuration"], defaults | variables))
+    defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+    config = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], defaults | variables))
     flow = Flow(id=uuid.uuid4(), name=flow_name)
     run = FlowRun(id=uuid.uuid4(), name="brisk-otter", flow_id=flow.id)
-    pool = WorkPool(name="prompt-processing-kubernetes", type="kubernetes", base_job_template=TEMPLATE)
+    pool = WorkPool(name="prompt-processing-kubernetes", type="kubernetes", base_job_template=template)
     config.prepare_for_flow_run(flow_run=run, flow=flow, work_pool=pool, worker_name="pp-worker")
     return config.job_manifest
 
@@ -101,8 +108,43 @@ def test_a_rerun_gets_the_same_pod_and_its_own_labels() -> None:
 def test_pp_deploy_creates_the_pool_with_its_template(stack_settings: Settings, prefect_server: str) -> None:
     (pool,) = [p for p in defined_work_pools(ROOT) if p.type == "kubernetes"]
     pool = WorkPoolDefinition(name=f"k8s-{uuid.uuid4().hex[:6]}", type=pool.type, base_job_template=TEMPLATE)
-    assert ensure_work_pools(stack_settings, [pool]) == [pool.name]
+    assert ensure_work_pools(stack_settings, [pool]) == {pool.name: "created"}
     with get_client(sync_client=True) as client:
         made = client.read_work_pool(pool.name)
     assert made.type == "kubernetes"
     assert made.base_job_template == TEMPLATE
+    assert ensure_work_pools(stack_settings, [pool]) == {pool.name: "unchanged"}
+    assert ensure_work_pools(stack_settings, [pool.with_image("registry.example/pp:2")]) == {pool.name: "updated"}
+
+
+def test_one_prefect_yaml_deploys_to_either_pool_and_the_stored_deployment_renders_its_job(
+    stack_settings: Settings, prefect_server: str
+) -> None:
+    """`pp deploy --pool-type kubernetes --image ...`, then the Job of an activator run rendered from
+    what the server stored (the pool's template, the deployment's job variables); then back to the
+    process pool, which the other tests of this server use."""
+    deploy_all(stack_settings, ROOT, pool_type="kubernetes", image="registry.example/prompt-processing:2.0.0")
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("activator/activator-hsc")
+            rerun = client.read_deployment_by_name("process-visit-detector/rerun")
+            pool = client.read_work_pool("prompt-processing-kubernetes")
+        assert deployment.work_pool_name == rerun.work_pool_name == "prompt-processing-kubernetes"
+        assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
+            "directory": "/opt/pp/src"}}]  # fmt: skip
+        template = pool.base_job_template
+        job = render_job(dict(deployment.job_variables or {}), template=template)
+        pod = job["spec"]["template"]
+        assert pod["spec"]["containers"][0]["image"] == "registry.example/prompt-processing:2.0.0"
+        assert pod["metadata"]["labels"]["prompt-processing/instrument"] == "HSC"
+        assert pod["spec"]["containers"][0]["args"] == ["python", "-m", "prefect.engine"]  # SIGTERM reaches it
+        rerun_pod = render_job(dict(rerun.job_variables or {}), "process-visit-detector", template)["spec"]["template"]
+        # A rerun keeps Prefect's supervisor: rescheduled if its pod is evicted.
+        assert rerun_pod["spec"]["containers"][0]["args"] == ["prefect", "flow-run", "execute"]
+        assert rerun.parameter_openapi_schema["properties"]["group"]["description"].startswith("The visit's groupId")
+    finally:
+        deploy_all(stack_settings, ROOT, pool_type="process")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("activator/activator-hsc")
+    assert deployment.work_pool_name == "prompt-processing"
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]

@@ -18,7 +18,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import astropy.time
 import pytest
@@ -287,17 +289,7 @@ def test_sigterm_hands_back_the_visit_in_hand_and_ends_the_run_cancelled(pipelin
     """What a Prefect worker sends when the run is cancelled in the UI, and Kubernetes when the pod is deleted."""
     body = pipeline.announce("sigterm", duration_s=30.0)  # the activator waits for this image
     code = "from flows.activator import activator; activator('LATISS', idle_timeout_s=60)"
-    stopped = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
-    stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
-    try:
-        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=60, what="the activator")
-        stopped.send_signal(signal.SIGTERM)
-        stopped.wait(30)
-    finally:
-        if stopped.poll() is None:
-            stopped.kill()
-    (pending,) = pipeline.redis.xpending_range(stream, group, "-", "+", 10)
-    assert pending["consumer"].decode() == naming.PARKING_CONSUMER  # handed back, not left to time out
+    _sigterm_once_it_holds_the_visit(pipeline, subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy()))
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["activator"])),
                                        sort=FlowRunSort.START_TIME_DESC, limit=1)  # fmt: skip
@@ -307,6 +299,21 @@ def test_sigterm_hands_back_the_visit_in_hand_and_ends_the_run_cancelled(pipelin
     thread, counts = _activator_in_thread()  # takes it at once: a handed-back entry needs no claim_idle_s
     thread.join(90)
     assert counts["succeeded"] == 1 and pipeline.results()[0]["deliveries"] == "2"
+
+
+def _sigterm_once_it_holds_the_visit(pipeline: Pipeline, activator: subprocess.Popen[Any]) -> None:
+    """SIGTERM to ``activator`` (a process) once it has taken the one visit, as a pod deletion would;
+    then check the visit was handed back, not left to time out."""
+    stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
+    try:
+        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=90, what="the activator")
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(60)
+    finally:
+        if activator.poll() is None:
+            activator.kill()
+    (pending,) = pipeline.redis.xpending_range(stream, group, "-", "+", 10)
+    assert pending["consumer"].decode() == naming.PARKING_CONSUMER
 
 
 def _final(run: Any) -> bool:
@@ -438,3 +445,32 @@ def test_a_failure_at_a_publish_boundary_sends_each_alert_once(
         ctx.close()
     alerts = pipeline.alerts(outcome.n_alerts + 1, timeout_s=5)  # one more than expected: none may come
     assert len(alerts) == outcome.n_alerts == len({a["_key"] for a in alerts})
+
+
+@pytest.mark.timeout(240)
+def test_a_pod_activator_is_a_run_of_the_deployment_and_a_deleted_pod_hands_its_visit_back(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """`pp run-activator` (a KEDA ScaledJob's pod): the run belongs to the activator deployment and no
+    worker starts it; SIGTERM to the pod's process hands the waiting visit back and ends the run
+    Cancelled. The Kubernetes worker's SIGTERM behaviour (reschedule, for backoffLimit 0) is set as in
+    its pods: under `prefect flow-run execute` it hard-killed the activator and rescheduled the run."""
+    from prompt_processing.adapters import prefect_api
+
+    prefect_api.deploy_all(pipeline.settings, Path.cwd())
+    pipeline.announce("pod", duration_s=30.0)  # the activator waits for this image
+    env = os.environ | {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule",
+                        "PP_PREFECT__API_URL": pipeline.settings.prefect.url}  # fmt: skip
+    log = tmp_path / "pod.log"
+    with log.open("w") as out:
+        _sigterm_once_it_holds_the_visit(pipeline, subprocess.Popen(
+            [sys.executable, "-m", "prompt_processing.cli", "run-activator", "LATISS"], env=env, stdout=out,
+            stderr=subprocess.STDOUT))  # fmt: skip
+    run_id = UUID(log.read_text().split("activator flow run ", 1)[1].split(":", 1)[0])
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        deployment = client.read_deployment_by_name(naming.activator_deployment("LATISS"))
+        states = [state.type for state in client.read_flow_run_states(run_id)]
+    assert run.deployment_id == deployment.id and "run-activator" in run.tags
+    assert states == [StateType.PENDING, StateType.RUNNING, StateType.CANCELLED]  # never Scheduled: no worker's
+    assert run.state is not None and "1 handed back" in (run.state.message or ""), run.state

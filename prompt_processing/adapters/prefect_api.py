@@ -1,8 +1,10 @@
 """The Prefect API and CLI as the rest of the code uses them: work pools, deployments, flow runs.
 
 Everything talks to the Prefect API at ``settings.prefect.url``; Prefect subprocesses get it as
-``PREFECT_API_URL``. The work pools are defined in ``deployments/work-pools.yaml`` (every pool a
-deployment of ``prefect.yaml`` names must be defined there); the deployments in ``prefect.yaml``.
+``PREFECT_API_URL``. The work pools are defined in ``deployments/work-pools.yaml``, one per worker
+type; the deployments in ``prefect.yaml``, which serves every pool: `pp deploy --pool-type T` picks the
+pool of type T and passes it to `prefect deploy` as ``PP_DEPLOY_WORK_POOL`` and ``PP_DEPLOY_CODE_DIR``
+(prefect.yaml's ``{{ $VAR }}`` placeholders).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from uuid import UUID
 
 import yaml  # type: ignore[import-untyped]
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Pending
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from prompt_processing.settings import Settings
@@ -35,7 +38,7 @@ AUTOMATIONS_YAML = "deployments/automations.yaml"
 class WorkPoolDefinition(BaseModel):
     """One entry of ``deployments/work-pools.yaml``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: str = Field(min_length=1)
     type: str = Field(min_length=1, description="Prefect worker type: process, kubernetes, ...")
@@ -45,6 +48,21 @@ class WorkPoolDefinition(BaseModel):
         description="The pool's base job template, read from the JSON file the entry's `baseJobTemplate` names "
         "(beside work-pools.yaml); empty: the worker type's default.",
     )
+    code_directory: str | None = Field(
+        None,
+        alias="codeDirectory",
+        description="Where the flows' code is when a run of this pool starts (the image's working directory); "
+        "none: the project directory `pp deploy` runs in (a process worker on the same machine).",
+    )
+
+    def with_image(self, image: str) -> WorkPoolDefinition:
+        """This pool with ``image`` as its job template's default image; DeployError if it has none."""
+        variables = self.base_job_template.get("variables", {}).get("properties", {})
+        if "image" not in variables:
+            raise DeployError(f"work pool {self.name} (type {self.type}) has no image to set")
+        template = json.loads(json.dumps(self.base_job_template))
+        template["variables"]["properties"]["image"]["default"] = image
+        return self.model_copy(update={"base_job_template": template})
 
 
 class Notify(BaseModel):
@@ -73,21 +91,22 @@ class DeployError(RuntimeError):
 
 def prefect_env(settings: Settings) -> dict[str, str]:
     """Environment for Prefect subprocesses (CLI, Prefect worker and, through it, flow runs): the API,
-    and the UI address their printed links use."""
+    the UI address their printed links use, and this Python's bin directory first on PATH (a
+    deployment's `python -m prefect.engine` command runs the same Python as its worker)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
     return os.environ | {"PREFECT_API_URL": settings.prefect.url, "PREFECT_UI_URL": settings.prefect.ui,
-                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
+                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": path}  # fmt: skip
 
 
-def work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
-    """The work pools the deployments of ``project_dir/prefect.yaml`` use, as defined in
-    ``deployments/work-pools.yaml``; DeployError naming what is missing."""
-    defined = {p.name: p for p in defined_work_pools(project_dir)}
-    prefect_yaml = _read_yaml(project_dir / PREFECT_YAML)
-    used = {d["work_pool"]["name"] for d in prefect_yaml.get("deployments", []) if d.get("work_pool")}
-    missing = sorted(used - set(defined))
-    if missing:
-        raise DeployError(f"{PREFECT_YAML} uses work pool(s) {', '.join(missing)}, not defined in {WORK_POOLS_YAML}")
-    return [defined[name] for name in sorted(used)]
+def work_pool(project_dir: Path, pool_type: str) -> WorkPoolDefinition:
+    """The pool of type ``pool_type`` in ``deployments/work-pools.yaml``: the one `pp deploy --pool-type`
+    targets; DeployError if there is none or more than one."""
+    pools = [p for p in defined_work_pools(project_dir) if p.type == pool_type]
+    if len(pools) != 1:
+        types = sorted({p.type for p in defined_work_pools(project_dir)})
+        raise DeployError(f"{WORK_POOLS_YAML} defines {len(pools)} work pools of type {pool_type!r} (need one; "
+                          f"types defined: {', '.join(types)})")  # fmt: skip
+    return pools[0]
 
 
 def defined_work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
@@ -95,18 +114,31 @@ def defined_work_pools(project_dir: Path) -> list[WorkPoolDefinition]:
     return _load_pool_definitions(project_dir / WORK_POOLS_YAML)
 
 
-def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> list[str]:
-    """Create the pools that do not exist yet; return the names created (existing ones are kept)."""
-    created = []
+def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> dict[str, str]:
+    """Create each pool, or update its base job template and description to the definition's; name ->
+    ``created``, ``updated`` or ``unchanged``. The files are the pools' source: an edit made in the UI
+    is overwritten by the next `pp deploy`. Updating a template changes the Jobs of runs started after
+    it; running ones keep their pods."""
+    done = {}
     with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
         for pool in pools:
             try:
                 client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description,
                                                        base_job_template=pool.base_job_template))  # fmt: skip
-            except ObjectAlreadyExists:
+                done[pool.name] = "created"
                 continue
-            created.append(pool.name)
-    return created
+            except ObjectAlreadyExists:
+                pass
+            existing = client.read_work_pool(pool.name)
+            if existing.type != pool.type:
+                raise DeployError(f"work pool {pool.name} exists with type {existing.type}, defined as {pool.type}")
+            wanted = pool.base_job_template or existing.base_job_template
+            if (existing.base_job_template, existing.description or "") == (wanted, pool.description):
+                done[pool.name] = "unchanged"
+                continue
+            client.update_work_pool(pool.name, WorkPoolUpdate(base_job_template=wanted, description=pool.description))
+            done[pool.name] = "updated"
+    return done
 
 
 def automations(project_dir: Path) -> list[AutomationDefinition]:
@@ -153,21 +185,32 @@ def ensure_automations(settings: Settings, definitions: list[AutomationDefinitio
     return done
 
 
-def deploy_all(settings: Settings, project_dir: Path, *, log: Path | None = None) -> None:
-    """Create the work pools, then `prefect deploy --all` in ``project_dir`` (where prefect.yaml is), then
-    the automations; the output goes to ``log`` if given, else to stdout. DeployError with the output's
+def deploy_all(settings: Settings, project_dir: Path, *, pool_type: str = "process", image: str | None = None,
+               log: Path | None = None) -> None:  # fmt: skip
+    """Create or update the work pool of type ``pool_type`` (``image``: its Jobs' image), then
+    `prefect deploy --all` in ``project_dir`` (where prefect.yaml is) targeting that pool, then the
+    automations; the output goes to ``log`` if given, else to stdout. DeployError with the output's
     tail if `prefect deploy` fails."""
-    ensure_work_pools(settings, work_pools(project_dir))
+    pool = work_pool(project_dir, pool_type)
+    if image:
+        pool = pool.with_image(image)
+    pools = ensure_work_pools(settings, [pool])
     command = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
-    done = subprocess.run(
-        command, cwd=project_dir, env=prefect_env(settings), capture_output=True, text=True, check=False
-    )
+    done = subprocess.run(command, cwd=project_dir, env=prefect_env(settings) | deploy_target_env(pool, project_dir),
+                          capture_output=True, text=True, check=False)  # fmt: skip
     if done.returncode != 0:
         _write(log, done.stdout + done.stderr, console=done.stdout)
         raise DeployError(f"prefect deploy --all failed ({done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
     outcome = ensure_automations(settings, automations(project_dir))
-    summary = "".join(f"automation {name}: {what}\n" for name, what in outcome.items())
+    summary = "".join(f"work pool {name}: {what}\n" for name, what in pools.items())
+    summary += "".join(f"automation {name}: {what}\n" for name, what in outcome.items())
     _write(log, done.stdout + done.stderr + summary, console=done.stdout + summary)
+
+
+def deploy_target_env(pool: WorkPoolDefinition, project_dir: Path) -> dict[str, str]:
+    """The variables prefect.yaml's placeholders name: the pool its deployments target and where a run
+    finds the flows' code (the pull step's directory)."""
+    return {"PP_DEPLOY_WORK_POOL": pool.name, "PP_DEPLOY_CODE_DIR": pool.code_directory or str(project_dir.resolve())}
 
 
 def _write(log: Path | None, text: str, *, console: str | None = None) -> None:
@@ -187,14 +230,25 @@ def prefect_worker_command(settings: Settings, *, limit: int | None = None) -> l
 
 
 def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *, idempotency_key: str | None = None,
-                   tags: list[str] | None = None) -> UUID:  # fmt: skip
-    """Create a flow run of deployment ``name`` (``flow/deployment``); return its id."""
+                   tags: list[str] | None = None, here: bool = False) -> UUID:  # fmt: skip
+    """Create a flow run of deployment ``name`` (``flow/deployment``); return its id.
+
+    ``here``: the run is created Pending, not Scheduled, so no worker takes it: the caller executes it
+    (`prefect flow-run execute <id>`), as a Kubernetes Job a worker made would."""
     with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(name)
         run = client.create_flow_run_from_deployment(
-            deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or []
+            deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or [],
+            state=Pending() if here else None,
         )
     return run.id
+
+
+def execute_run_command(run_id: UUID) -> list[str]:
+    """The command that executes flow run ``run_id`` in this one process (Prefect's engine, no
+    supervisor): a SIGTERM reaches the flow itself, so an activator hands its visits back and ends
+    Cancelled. prefect.yaml gives the activator deployments' Jobs the same command."""
+    return [sys.executable, "-m", "prefect.engine", str(run_id)]
 
 
 def run_form_url(ui: str, deployment_id: str, parameters: dict[str, Any]) -> str:
