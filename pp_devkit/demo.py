@@ -39,7 +39,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import FlowRun
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import temporary_settings
 from prefect.states import Cancelled
 from rich.console import Console
 from rich.table import Table
@@ -255,7 +255,7 @@ def _wait_for_minimum(settings: Settings, console: Console, spec: ScaledJobSpec,
         night = [r for r in runs if r.start_time is not None and r.start_time.timestamp() < done_at]
         return all(_final(r) for r in night) and sum(not _final(r) for r in runs) == spec.min_replica_count
 
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(prefect_api.client_settings(settings)), get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(spec.deployment).id
         recent = FlowRunFilterExpectedStartTime(after_=datetime.fromtimestamp(since - 60, tz=UTC))
         runs_filter = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
@@ -299,7 +299,7 @@ def _print_pool(console: Console, spec: ScaledJobSpec, pool: PoolReport) -> None
 
 def _cancel_unfinished(settings: Settings, deployment: str, reason: str) -> int:
     """Mark the deployment's unfinished runs Cancelled (the Prefect worker stops any process); return how many."""
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(prefect_api.client_settings(settings)), get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
         unfinished = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(UNFINISHED_STATES)))
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(

@@ -139,6 +139,11 @@ class PrefectSettings(BaseModel):
     port: int = Field(14200, ge=1, le=65535)
     api_url: str | None = Field(None, description="Prefect API URL; defaults to the embedded server.")
     embedded: bool = True
+    auth_string: SecretStr | None = Field(
+        None,
+        description="`user:password` of the Prefect API's basic auth: the server requires it and every client "
+        "(CLI, services, workers, flow runs) sends it. Production: from a Secret; none: no auth.",
+    )
     # The Prefect server's own settings (`server_env`: the embedded server gets them;
     # production's server pods get the same variables, docs/operations.md "Prefect server").
     database_url: str | None = Field(
@@ -165,6 +170,10 @@ class PrefectSettings(BaseModel):
     worker_shutdown_deadline_s: float = Field(
         20.0, gt=0, description="`pp prefect-worker`: how long the Prefect worker may take to stop before SIGKILL."
     )
+    worker_health_port: int | None = Field(
+        None, ge=1, le=65535, description="`pp prefect-worker`: serve the Prefect worker's health check (GET /health, "
+        "on every interface: Kubernetes probes it) on this port; none: no health server."
+    )
 
     ui_url: str | None = Field(
         None, description="Where operators open the Prefect UI (links in logs); default: the API URL without /api."
@@ -174,8 +183,15 @@ class PrefectSettings(BaseModel):
     def url(self) -> str:
         return self.api_url or f"http://{self.host}:{self.port}/api"
 
+    def client_env(self) -> dict[str, str]:
+        """Where Prefect clients send their calls, as Prefect's variables (the auth string with them)."""
+        env = {"PREFECT_API_URL": self.url}
+        if self.auth_string is not None:
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string.get_secret_value()
+        return env
+
     def server_env(self, home: Path) -> dict[str, str]:
-        """The Prefect server's database and retention settings as its process's environment: what the
+        """The Prefect server's database, retention and auth settings as its process's environment: what the
         embedded stack starts it with and what production's server pods get. ``home``: where the SQLite
         database goes when ``database_url`` is not set."""
         day_s = 86_400
@@ -186,6 +202,8 @@ class PrefectSettings(BaseModel):
             "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{round(self.events_retention_days * day_s)}S",  # ISO 8601
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events",
         }
+        if self.auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth_string.get_secret_value()
         if self.flow_run_retention_days is not None:
             env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] = "events,flow_runs"
             env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] = str(round(self.flow_run_retention_days * day_s))

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 
+import httpx
 import psutil
 import pytest
 import typer
@@ -17,6 +18,7 @@ from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
 
 from pp_devkit import cli as devkit_cli
+from pp_devkit.stack import free_port
 from prompt_processing.adapters.prefect_api import WorkPoolDefinition, ensure_work_pools
 from prompt_processing.cli import build_app, main
 from prompt_processing.settings import Settings
@@ -96,14 +98,18 @@ def test_prefect_worker_wrapper_stops_its_prefect_worker(stack_settings: Setting
     """`pp prefect-worker` passes SIGTERM on and leaves no Prefect worker behind, within its deadline."""
     pool = f"pp-test-{uuid.uuid4().hex[:8]}"
     ensure_work_pools(stack_settings, [WorkPoolDefinition(name=pool, type="process")])
+    health_port = free_port()
     env = {"PP_PREFECT__PORT": str(stack_settings.prefect.port), "PP_PREFECT__WORK_POOL": pool,
-           "PP_PREFECT__WORKER_SHUTDOWN_DEADLINE_S": "10"}  # fmt: skip
+           "PP_PREFECT__WORKER_SHUTDOWN_DEADLINE_S": "10",
+           "PP_PREFECT__WORKER_HEALTH_PORT": str(health_port)}  # fmt: skip
     environ = os.environ | env
     with subprocess.Popen([sys.executable, "-m", "prompt_processing.cli", "prefect-worker"], env=environ,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as wrapper:  # fmt: skip
         try:
             with get_client(sync_client=True) as client:
                 wait_for(lambda: bool(client.read_workers_for_work_pool(pool)), timeout_s=60, what="the worker")
+            # What the pod's probes ask (infra/base/prefect-worker.yaml).
+            wait_for(lambda: _health(health_port) == 200, timeout_s=30, what="the worker's health server")
             workers = psutil.Process(wrapper.pid).children(recursive=True)
             assert workers, "no Prefect worker process under the wrapper"
             started = time.monotonic()
@@ -115,3 +121,10 @@ def test_prefect_worker_wrapper_stops_its_prefect_worker(stack_settings: Setting
                 wrapper.kill()
     assert stopped_s < 10 + 5, stopped_s  # the deadline, plus a poll
     assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _health(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
+    except httpx.HTTPError:
+        return None

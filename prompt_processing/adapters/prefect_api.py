@@ -24,7 +24,8 @@ from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+from prefect.settings.legacy import Setting
 from prefect.states import Pending
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,8 +95,17 @@ def prefect_env(settings: Settings) -> dict[str, str]:
     the UI address their printed links use, and this Python's bin directory first on PATH (a
     deployment's `python -m prefect.engine` command runs the same Python as its worker)."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
-    return os.environ | {"PREFECT_API_URL": settings.prefect.url, "PREFECT_UI_URL": settings.prefect.ui,
-                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": path}  # fmt: skip
+    return os.environ | settings.prefect.client_env() | {"PREFECT_UI_URL": settings.prefect.ui,
+                                                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": path}
+
+
+def client_settings(settings: Settings) -> dict[Setting, Any]:
+    """Prefect's client settings for ``settings``' server (its auth string with it), for
+    ``temporary_settings``: every client of this process uses them while they are in force."""
+    values: dict[Setting, Any] = {PREFECT_API_URL: settings.prefect.url}
+    if settings.prefect.auth_string is not None:
+        values[PREFECT_API_AUTH_STRING] = settings.prefect.auth_string.get_secret_value()
+    return values
 
 
 def work_pool(project_dir: Path, pool_type: str) -> WorkPoolDefinition:
@@ -120,7 +130,7 @@ def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> di
     is overwritten by the next `pp deploy`. Updating a template changes the Jobs of runs started after
     it; running ones keep their pods."""
     done = {}
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
         for pool in pools:
             try:
                 client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, description=pool.description,
@@ -159,7 +169,7 @@ def ensure_automations(settings: Settings, definitions: list[AutomationDefinitio
     is reported, not created.
     """
     done: dict[str, str] = {}
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
         for definition in definitions:
             slug, block_name = definition.notify.block.split("/", 1)
             try:
@@ -226,7 +236,18 @@ def prefect_worker_command(settings: Settings, *, limit: int | None = None) -> l
     command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.prefect.work_pool]
     if limit is not None:
         command += ["--limit", str(limit)]
+    if settings.prefect.worker_health_port is not None:
+        command.append("--with-healthcheck")
     return command
+
+
+def prefect_worker_env(settings: Settings) -> dict[str, str]:
+    """The Prefect worker's environment: ``prefect_env``, and where its health server listens."""
+    env = prefect_env(settings)
+    if settings.prefect.worker_health_port is not None:
+        port = str(settings.prefect.worker_health_port)
+        env |= {"PREFECT_WORKER_WEBSERVER_HOST": "0.0.0.0", "PREFECT_WORKER_WEBSERVER_PORT": port}
+    return env
 
 
 def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *, idempotency_key: str | None = None,
@@ -235,7 +256,7 @@ def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *,
 
     ``here``: the run is created Pending, not Scheduled, so no worker takes it: the caller executes it
     (`prefect flow-run execute <id>`), as a Kubernetes Job a worker made would."""
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(name)
         run = client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or [],

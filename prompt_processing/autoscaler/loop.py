@@ -75,6 +75,7 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound, PrefectException
 from prefect.settings import PREFECT_API_URL
 
+from prompt_processing.adapters import prefect_api
 from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.retry import OutageWatch
@@ -169,7 +170,7 @@ class Autoscaler:
         self._loop_error: BaseException | None = None
         self._resources = ExitStack()
         self._redis = make_redis(settings.redis, settings.retry, name=f"autoscaler-{self.name}")
-        self._prefect = PrefectCalls(settings.prefect.url, timeout_s=self.config.prefect_timeout_s,
+        self._prefect = PrefectCalls(prefect_api.client_settings(settings), timeout_s=self.config.prefect_timeout_s,
                                      max_in_flight=self.config.create_concurrency, retry=settings.retry)  # fmt: skip
         self._targets: dict[str, Target] = {}
         self._tails: dict[str, str] = {}

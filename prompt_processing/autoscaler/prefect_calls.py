@@ -31,7 +31,8 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.objects import FlowRun
-from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings.legacy import Setting
 
 from prompt_processing.adapters.retry import OutageWatch, async_retrying
 from prompt_processing.autoscaler.metrics import JobCounts, count_jobs_async
@@ -58,8 +59,8 @@ class Creation:
 class PrefectCalls:
     """The Prefect API calls of the autoscaler; ``start()`` before use, ``close()`` after."""
 
-    def __init__(self, api_url: str, *, timeout_s: float, max_in_flight: int, retry: RetrySettings) -> None:
-        self.api_url = api_url
+    def __init__(self, api: dict[Setting, Any], *, timeout_s: float, max_in_flight: int, retry: RetrySettings) -> None:
+        self.api = api  # prefect_api.client_settings: the server's URL and auth
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
         self.retry = retry
@@ -93,7 +94,7 @@ class PrefectCalls:
     async def _open(self, ready: Future[None]) -> None:
         """Hold the client open until ``close()``; then stop the loop."""
         try:
-            with temporary_settings({PREFECT_API_URL: self.api_url, PREFECT_CLIENT_MAX_RETRIES: 0}):
+            with temporary_settings(self.api | {PREFECT_CLIENT_MAX_RETRIES: 0}):
                 client = get_client(httpx_settings={"timeout": self.timeout_s})
             async with client:
                 self._client = client

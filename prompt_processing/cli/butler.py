@@ -46,7 +46,7 @@ def butler_writer(ctx: typer.Context, check: CheckOption = False) -> None:
     if check:
         raise typer.Exit(check_health(settings, "butler-writer", settings.butler.writer_name))
     # Prefect reads PREFECT_API_URL once, at import: the batch events go to the settings' server.
-    os.environ["PREFECT_API_URL"] = settings.prefect.url
+    os.environ.update(settings.prefect.client_env())
     from prompt_processing.services.butler_writer import ButlerWriterService
 
     raise typer.Exit(ButlerWriterService(settings).run())

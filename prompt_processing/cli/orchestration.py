@@ -60,7 +60,7 @@ def prefect_worker(
 
     settings = state(ctx).settings
     command = prefect_api.prefect_worker_command(settings, limit=limit)
-    status = supervise(command, prefect_api.prefect_env(settings), name="the Prefect worker",
+    status = supervise(command, prefect_api.prefect_worker_env(settings), name="the Prefect worker",
                        shutdown_deadline_s=settings.prefect.worker_shutdown_deadline_s)  # fmt: skip
     raise typer.Exit(status)
 

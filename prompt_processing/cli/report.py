@@ -102,11 +102,12 @@ def _plot(console: Console, night: Night, output_dir: Path) -> None:
 def _write_artifacts(console: Console, settings: Settings, nights: list[Night]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
+    from prompt_processing.adapters import prefect_api
     from prompt_processing.reporting.report import NightArtifacts
 
-    with temporary_settings({PREFECT_API_URL: settings.prefect.url}), get_client(sync_client=True) as client:
+    with temporary_settings(prefect_api.client_settings(settings)), get_client(sync_client=True) as client:
         writer = NightArtifacts(settings, client, table_rows=settings.reporter.table_rows)
         for night in nights:
             if night.latest:

@@ -68,7 +68,7 @@ def autoscale(
         raise typer.Exit(check_health(settings, "autoscaler", settings.autoscaler.name))
     # Prefect reads PREFECT_API_URL once, when imported; the events the autoscaler emits must go to
     # the settings' server, so point it there before the first Prefect import.
-    os.environ["PREFECT_API_URL"] = settings.prefect.url
+    os.environ.update(settings.prefect.client_env())
     from prompt_processing.autoscaler.loop import Autoscaler
     from prompt_processing.autoscaler.spec import load_specs
 

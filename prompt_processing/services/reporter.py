@@ -23,8 +23,9 @@ from typing import Any
 
 import redis
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import temporary_settings
 
+from prompt_processing.adapters import prefect_api
 from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.redis_client import make_redis
 from prompt_processing.adapters.results import read_entries
@@ -76,7 +77,7 @@ class ReporterService:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def startup(self) -> None:
-        self._resources.enter_context(temporary_settings({PREFECT_API_URL: self.settings.prefect.url}))
+        self._resources.enter_context(temporary_settings(prefect_api.client_settings(self.settings)))
         client: SyncPrefectClient = self._resources.enter_context(get_client(sync_client=True))
         self._artifacts = NightArtifacts(self.settings, client, table_rows=self.config.table_rows)
         since = time.time() - self.config.keep_nights * 86_400
