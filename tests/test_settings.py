@@ -131,3 +131,22 @@ def test_the_prefect_servers_settings_are_what_prefect_reads(
         assert "flow_runs" in vacuum.enabled_vacuum_types and vacuum.retention_period == timedelta(days=45)
     default = PrefectSettings().server_env(tmp_path)["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
     assert default == f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+
+
+def test_kafka_over_sasl_ssl_with_scram_is_librdkafkas_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What infra/base/pp-config.env and pp-secrets set: SCRAM over TLS, a CA of the site's; the password only
+    in the client's configuration, never in the settings' text."""
+    for name, value in {"PP_KAFKA__SECURITY_PROTOCOL": "SASL_SSL", "PP_KAFKA__SASL_MECHANISM": "SCRAM-SHA-512",
+                        "PP_KAFKA__SASL_USERNAME": "prompt-processing", "PP_KAFKA__SASL_PASSWORD": "scram-secret",
+                        "PP_KAFKA__SSL_CA_LOCATION": "/etc/pp/kafka-ca.pem",
+                        "PP_KAFKA__BOOTSTRAP_SERVERS": "kafka.example.org:9093"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    kafka = Settings().kafka
+    assert kafka.client_config() == {
+        "bootstrap.servers": "kafka.example.org:9093", "security.protocol": "SASL_SSL",
+        "ssl.ca.location": "/etc/pp/kafka-ca.pem", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "prompt-processing", "sasl.password": "scram-secret",
+    }  # fmt: skip
+    assert "scram-secret" not in repr(kafka)
+    plain = kafka.model_copy(update={"security_protocol": "SASL_PLAINTEXT"})
+    assert "ssl.ca.location" not in plain.client_config()  # a CA only where TLS is used
