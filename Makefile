@@ -3,19 +3,26 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov (the manifests' security scan) in a venv of its own: its pins clash with requirements.lock.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed
 
-.PHONY: demo test lint check-install bench faults audit clean
+.PHONY: demo test lint check-install validate-k8s bench faults audit clean
 
-$(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh scripts/find_python.sh
 	scripts/bootstrap.sh $(VENV)
 	touch $(STAMP)
+
+$(SCAN_STAMP): requirements-scan.lock scripts/scan_venv.sh scripts/find_python.sh
+	scripts/scan_venv.sh $(SCAN_VENV)
+	touch $(SCAN_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/pp demo
 
 # Lint, types and import contracts, the tests (two processes, a test module's tests in one of them),
 # then what a production install gets.
-test: lint
+test: lint $(SCAN_STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile --durations=20
 	$(MAKE) check-install
 
@@ -23,6 +30,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+
+# The Kubernetes manifests, offline: each overlay of infra/overlays rendered (kubectl kustomize), validated
+# (Kubernetes 1.31 strict, KEDA's CRDs), held to our policy and scanned by checkov (tests/test_manifests.py).
+validate-k8s: $(STAMP) $(SCAN_STAMP)
+	$(BIN)/python -m tests.manifests_check
 
 # `pip install .` (no extras) in a fresh venv: no dev tools come along, the services' commands run.
 check-install: $(STAMP)
@@ -52,4 +64,4 @@ audit:
 	scripts/audit.sh
 
 clean:
-	rm -rf $(VENV) .pp .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SCAN_VENV) .pp .mypy_cache .ruff_cache

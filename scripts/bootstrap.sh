@@ -4,23 +4,6 @@
 set -euo pipefail
 venv=${1:-.venv}
 
-find_python() {
-    local candidates=(python3.12 python3.13)
-    if command -v pyenv >/dev/null 2>&1; then
-        local root
-        root=$(pyenv root)
-        candidates+=("$root"/versions/3.12.*/bin/python3 "$root"/versions/3.13.*/bin/python3)
-    fi
-    for py in "${candidates[@]}"; do
-        # pyenv shims exist for versions that are not selected: run it to be sure it works.
-        if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
-            echo "$py"
-            return 0
-        fi
-    done
-    return 1
-}
-
 ensure_redis() {
     command -v redis-server >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -47,11 +30,7 @@ ensure_chromium() {
     fi
 }
 
-py=$(find_python) || {
-    echo "bootstrap: no Python >= 3.12 found (tried python3.12, python3.13, pyenv 3.12.x/3.13.x)." >&2
-    echo "bootstrap: install one, e.g. 'pyenv install 3.12', and run make again." >&2
-    exit 1
-}
+py=$("$(dirname "$0")/find_python.sh") || { echo "bootstrap: no Python >= 3.12, see above" >&2; exit 1; }
 ensure_redis
 ensure_chromium
 echo "bootstrap: $("$py" -V) -> $venv" >&2

@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # type: ignore[import-untyped]
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
+from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 from prefect.utilities.templating import apply_values
-from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
 from prompt_processing.adapters.prefect_api import (
     WorkPoolDefinition,
@@ -32,13 +35,20 @@ def render_job(
 ) -> dict[str, Any]:
     """The Job manifest a Kubernetes worker would submit for a flow run, from the template's defaults
     and ``variables`` (a deployment's job variables)."""
+    return prepared(variables, flow_name, template).job_manifest
+
+
+def prepared(
+    variables: dict[str, Any], flow_name: str = "activator", template: dict[str, Any] = TEMPLATE
+) -> KubernetesWorkerJobConfiguration:
+    """The worker's job configuration for a flow run, prepared as it is before the Job is created."""
     defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
     config = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], defaults | variables))
     flow = Flow(id=uuid.uuid4(), name=flow_name)
     run = FlowRun(id=uuid.uuid4(), name="brisk-otter", flow_id=flow.id)
     pool = WorkPool(name="prompt-processing-kubernetes", type="kubernetes", base_job_template=template)
     config.prepare_for_flow_run(flow_run=run, flow=flow, work_pool=pool, worker_name="pp-worker")
-    return config.job_manifest
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,28 @@ def test_settings_come_from_the_config_map_and_the_secret_never_as_plain_values(
     assert "PREFECT__FLOW_RUN_ID" in names and "PREFECT_API_URL" in names
     leaked = [n for n, v in names.items() if v and any(w in n.upper() for w in SECRET_WORDS)]
     assert not leaked, f"secret-looking variables with plain values: {leaked}"
+
+
+def test_the_prefect_api_auth_string_reaches_jobs_as_a_reference_to_the_secret() -> None:
+    """The worker copies its Prefect settings into each Job; with the two names infra/ gives it, the auth
+    string becomes a secretKeyRef before the Job is created (prefect-kubernetes' own replacement, which
+    `_create_job` calls; private, so a new prefect-kubernetes that changes it fails here)."""
+    worker_pod = next(d for d in yaml.safe_load_all((ROOT / "infra/base/prefect-worker.yaml").read_text())
+                      if d and d["kind"] == "Deployment")["spec"]["template"]["spec"]  # fmt: skip
+    given = {e["name"]: e.get("value") for e in worker_pod["containers"][0]["env"]}
+    secret_name = given["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME"]
+    secret_key = given["PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_KEY"]
+    with temporary_settings({PREFECT_API_AUTH_STRING: "pp-operator:not-in-the-job"}):
+        config = prepared({"instrument": "LSSTCam"})
+    (container,) = config.job_manifest["spec"]["template"]["spec"]["containers"]
+    assert {"name": "PREFECT_API_AUTH_STRING", "value": "pp-operator:not-in-the-job"} in container["env"]
+    asyncio.run(KubernetesWorker._replace_env_variable_with_secret(
+        None, env_variable_name="PREFECT_API_AUTH_STRING", configuration=config, secret_name=secret_name,
+        secret_key=secret_key))  # type: ignore[arg-type]  # fmt: skip
+    (container,) = config.job_manifest["spec"]["template"]["spec"]["containers"]
+    assert "not-in-the-job" not in json.dumps(config.job_manifest)
+    (auth,) = [e for e in container["env"] if e["name"] == "PREFECT_API_AUTH_STRING"]
+    assert auth["valueFrom"] == {"secretKeyRef": {"name": "pp-secrets", "key": "PP_PREFECT__AUTH_STRING"}}
 
 
 def test_the_pod_is_non_root_read_only_without_capabilities_and_writes_to_empty_dirs(
