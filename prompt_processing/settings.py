@@ -178,6 +178,11 @@ class PrefectSettings(BaseModel):
     worker_shutdown_deadline_s: float = Field(
         20.0, gt=0, description="`pp prefect-worker`: how long the Prefect worker may take to stop before SIGKILL."
     )
+    heartbeat_s: int | None = Field(
+        30, ge=30, description="Flow runs started through our workers send a heartbeat event this often (Prefect's "
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s at least); automation pp-run-lost marks a run Crashed when they stop. "
+        "None: no heartbeats (and no such automation)."
+    )
     worker_health_port: int | None = Field(
         None, ge=1, le=65535, description="`pp prefect-worker`: serve the Prefect worker's health check (GET /health, "
         "on every interface: Kubernetes probes it) on this port; none: no health server."

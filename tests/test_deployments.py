@@ -67,7 +67,21 @@ def test_deployments_are_the_ones_the_code_and_the_autoscaler_name() -> None:
 def test_the_shipped_automations_react_to_events_the_code_emits() -> None:
     from tasks.outcome import EVENTS
 
-    (failed,) = automations(ROOT)
+    failed, lost = automations(ROOT)
     assert failed.trigger["expect"] == [EVENTS["failed"]] and not failed.enabled
     assert failed.trigger["match"] == {"prefect.resource.id": "pp.visit.*"}
-    assert failed.notify.block == "slack-webhook/pp-operators"
+    assert failed.notify is not None and failed.notify.block == "slack-webhook/pp-operators"
+    assert lost.enabled and lost.change_state is not None and lost.change_state.state == "CRASHED"
+    assert lost.trigger["after"] == ["prefect.flow-run.heartbeat"]
+    assert lost.trigger["within"] >= 3 * (Settings().prefect.heartbeat_s or 0) > 0  # three heartbeats missed
+    tags = {t for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"] for t in d["tags"]}
+    assert lost.trigger["match_related"]["prefect.resource.id"].removeprefix("prefect.tag.") in tags
+
+
+def test_an_automation_has_exactly_one_action(tmp_path: Path) -> None:
+    (tmp_path / "deployments").mkdir()
+    (tmp_path / "deployments" / "automations.yaml").write_text(
+        "automations:\n  - {name: both, trigger: {type: event}, changeState: {state: CRASHED, message: m},\n"
+        "     notify: {block: slack-webhook/x, subject: s, body: b}}\n")  # fmt: skip
+    with pytest.raises(DeployError, match="give exactly one of notify, changeState"):
+        automations(tmp_path)

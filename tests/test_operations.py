@@ -195,7 +195,8 @@ def test_the_shipped_automation_notifies_an_operator_of_a_failed_visit(pipeline:
         hook = f"pp-hook-{uuid.uuid4().hex[:6]}"
         CustomWebhookNotificationBlock(name=hook, url=f"http://127.0.0.1:{server.server_port}/hook",
                                        json_data={"subject": "{{subject}}", "body": "{{body}}"}).save(hook)  # fmt: skip
-        (shipped,) = prefect_api.automations(Path.cwd())
+        (shipped,) = [a for a in prefect_api.automations(Path.cwd()) if a.name == "pp-visit-failed"]
+        assert shipped.notify is not None
         notify = shipped.notify.model_copy(update={"block": f"custom-webhook/{hook}"})
         enabled = shipped.model_copy(update={"name": f"{shipped.name}-{hook}", "enabled": True, "notify": notify})
         assert prefect_api.ensure_automations(pipeline.settings, [enabled]) == {enabled.name: "created"}

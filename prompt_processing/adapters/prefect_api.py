@@ -21,14 +21,14 @@ from uuid import UUID
 import yaml  # type: ignore[import-untyped]
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.events.actions import SendNotification
-from prefect.events.schemas.automations import AutomationCore, EventTrigger
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.settings.legacy import Setting
 from prefect.states import Pending
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from prompt_processing.adapters import automations as prefect_automations
+from prompt_processing.adapters.automations import AutomationDefinition
 from prompt_processing.settings import Settings
 
 PREFECT_YAML = "prefect.yaml"
@@ -66,37 +66,21 @@ class WorkPoolDefinition(BaseModel):
         return self.model_copy(update={"base_job_template": template})
 
 
-class Notify(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    block: str = Field(pattern=r"^[a-z0-9-]+/[^/]+$", description="<block type slug>/<block name>.")
-    subject: str
-    body: str
-
-
-class AutomationDefinition(BaseModel):
-    """One entry of ``deployments/automations.yaml``: a Prefect event trigger and a notification."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    description: str = ""
-    enabled: bool = False
-    trigger: dict[str, Any]
-    notify: Notify
-
-
 class DeployError(RuntimeError):
     """The project's deployment files are missing or inconsistent, or `prefect deploy` failed."""
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
     """Environment for Prefect subprocesses (CLI, Prefect worker and, through it, flow runs): the API,
-    the UI address their printed links use, and this Python's bin directory first on PATH (a
-    deployment's `python -m prefect.engine` command runs the same Python as its worker)."""
+    the UI address their printed links use, the flow runs' heartbeat, and this Python's bin directory
+    first on PATH (a deployment's `python -m prefect.engine` command runs the same Python as its
+    worker). The Kubernetes worker copies the PREFECT_* ones into the Jobs it creates."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
-    return os.environ | settings.prefect.client_env() | {"PREFECT_UI_URL": settings.prefect.ui,
-                                                         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": path}
+    env = os.environ | settings.prefect.client_env() | {"PREFECT_UI_URL": settings.prefect.ui,
+                                                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PATH": path}
+    if settings.prefect.heartbeat_s is not None:
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(settings.prefect.heartbeat_s)
+    return env
 
 
 def client_settings(settings: Settings) -> dict[Setting, Any]:
@@ -153,46 +137,16 @@ def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> di
 
 def automations(project_dir: Path) -> list[AutomationDefinition]:
     """The automations of ``deployments/automations.yaml`` (none if the file is absent)."""
-    path = project_dir / AUTOMATIONS_YAML
-    if not path.exists():
-        return []
     try:
-        return [AutomationDefinition.model_validate(e) for e in _read_yaml(path).get("automations") or []]
-    except ValidationError as exc:
-        raise DeployError(f"{path}: invalid automation: {exc}") from exc
+        return prefect_automations.load(project_dir / AUTOMATIONS_YAML)
+    except ValueError as exc:
+        raise DeployError(str(exc)) from exc
 
 
 def ensure_automations(settings: Settings, definitions: list[AutomationDefinition]) -> dict[str, str]:
-    """Create or update each automation whose notification block exists; name -> what was done.
-
-    An existing automation keeps its enabled/paused state (an operator's choice); a missing block
-    is reported, not created.
-    """
-    done: dict[str, str] = {}
+    """Create or update each automation (``prefect_automations.ensure``); name -> what was done."""
     with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
-        for definition in definitions:
-            slug, block_name = definition.notify.block.split("/", 1)
-            try:
-                block = client.read_block_document_by_name(block_name, slug, include_secrets=False)
-            except ObjectNotFound:
-                done[definition.name] = (f"not created: no {definition.notify.block} notification block "
-                                         "(create it, then run pp deploy again)")  # fmt: skip
-                continue
-            existing = client.read_automations_by_name(definition.name)
-            automation = AutomationCore(
-                name=definition.name, description=definition.description,
-                enabled=existing[0].enabled if existing else definition.enabled,
-                trigger=EventTrigger.model_validate(definition.trigger),
-                actions=[SendNotification(block_document_id=block.id, subject=definition.notify.subject,
-                                          body=definition.notify.body)],
-            )  # fmt: skip
-            if existing:
-                client.update_automation(existing[0].id, automation)
-                done[definition.name] = "updated"
-            else:
-                client.create_automation(automation)
-                done[definition.name] = "created" if automation.enabled else "created (disabled: enable to be notified)"
-    return done
+        return prefect_automations.ensure(client, definitions)
 
 
 def deploy_all(settings: Settings, project_dir: Path, *, pool_type: str = "process", image: str | None = None,
