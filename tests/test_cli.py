@@ -12,6 +12,7 @@ import uuid
 import httpx
 import psutil
 import pytest
+import redis
 import typer
 import typer.core
 from prefect.client.orchestration import get_client
@@ -19,8 +20,10 @@ from typer.testing import CliRunner
 
 from pp_devkit import cli as devkit_cli
 from pp_devkit.stack import free_port
+from prompt_processing.adapters.health import HealthKey
 from prompt_processing.adapters.prefect_api import WorkPoolDefinition, ensure_work_pools
 from prompt_processing.cli import build_app, main
+from prompt_processing.cli.services import check_health
 from prompt_processing.settings import Settings
 from tests.helpers import wait_for
 
@@ -128,3 +131,15 @@ def _health(port: int) -> int | None:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
     except httpx.HTTPError:
         return None
+
+
+def test_the_probes_tell_an_outage_from_a_hang(stack_settings: Settings, redis_client: redis.Redis) -> None:
+    """Readiness (`--check`) fails while the service reports an outage; liveness (`--check --alive`) only when
+    it stops refreshing its record; a missing record fails both."""
+    name = f"probe-{uuid.uuid4().hex[:6]}"
+    assert check_health(stack_settings, "fanout", name) == check_health(stack_settings, "fanout", name, alive=True) == 1
+    HealthKey(redis_client, "fanout", name, ttl_s=5).refresh(lambda: {"healthy": False, "outages": ["kafka"]})
+    assert check_health(stack_settings, "fanout", name) == 1
+    assert check_health(stack_settings, "fanout", name, alive=True) == 0
+    HealthKey(redis_client, "fanout", name, ttl_s=5).refresh(lambda: {"healthy": True})
+    assert check_health(stack_settings, "fanout", name) == 0

@@ -1,6 +1,7 @@
 """The manifests of infra/ agree with the code they run: every ConfigMap key is a setting and the settings
 build; the KEDA ScaledJobs read the stream and consumer group the code names and run `pp run-activator`;
-each service's grace period outlasts its shutdown deadline and its probe is its own `--check`."""
+each service's grace period outlasts its shutdown deadline and its probes are its own `--check` (liveness with
+`--alive`: an outage of what it talks to makes it unready, not restarted)."""
 
 from __future__ import annotations
 
@@ -91,5 +92,5 @@ def test_grace_periods_outlast_the_shutdown_deadlines_and_probes_are_the_service
             (container,) = pod["containers"]
             command = container["command"]
             if command[0] == "pp" and command[1] in CHECKED:
-                assert container["livenessProbe"]["exec"]["command"] == [*command, "--check"], f"{overlay} {name}"
+                assert container["livenessProbe"]["exec"]["command"] == [*command, "--check", "--alive"], name
                 assert container["readinessProbe"]["exec"]["command"] == [*command, "--check"], f"{overlay} {name}"

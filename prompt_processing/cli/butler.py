@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prompt_processing.cli import state
-from prompt_processing.cli.services import PANEL, CheckOption, check_health
+from prompt_processing.cli.services import PANEL, AliveOption, CheckOption, check_health
 
 butler_app = typer.Typer(help="The central Butler repository.", no_args_is_help=True)
 
@@ -38,13 +38,13 @@ def init(
     print(f"collections: {', '.join(collections)}")
 
 
-def butler_writer(ctx: typer.Context, check: CheckOption = False) -> None:
+def butler_writer(ctx: typer.Context, check: CheckOption = False, alive: AliveOption = False) -> None:
     """Run the Butler writer: pp-output events -> the central registry, in batches, idempotently."""
     import os
 
     settings = state(ctx).settings
     if check:
-        raise typer.Exit(check_health(settings, "butler-writer", settings.butler.writer_name))
+        raise typer.Exit(check_health(settings, "butler-writer", settings.butler.writer_name, alive=alive))
     # Prefect reads PREFECT_API_URL once, at import: the batch events go to the settings' server.
     os.environ.update(settings.prefect.client_env())
     from prompt_processing.services.butler_writer import ButlerWriterService
