@@ -143,3 +143,13 @@ def test_the_probes_tell_an_outage_from_a_hang(stack_settings: Settings, redis_c
     assert check_health(stack_settings, "fanout", name, alive=True) == 0
     HealthKey(redis_client, "fanout", name, ttl_s=5).refresh(lambda: {"healthy": True})
     assert check_health(stack_settings, "fanout", name) == 0
+
+
+def test_an_activator_of_an_undeployed_instrument_says_to_deploy(
+    stack_settings: Settings, prefect_server: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PP_PREFECT__PORT", str(stack_settings.prefect.port))
+    assert main(["run-activator", "NoSuchCam"]) == 1
+    printed = capsys.readouterr()
+    out = " ".join((printed.out + printed.err).split())  # the console wraps long lines
+    assert "no deployment activator/activator-nosuchcam on" in out and "run `pp deploy` first" in out, out

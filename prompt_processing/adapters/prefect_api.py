@@ -21,7 +21,7 @@ from uuid import UUID
 import yaml  # type: ignore[import-untyped]
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from prefect.settings.legacy import Setting
 from prefect.states import Pending
@@ -206,12 +206,16 @@ def prefect_worker_env(settings: Settings) -> dict[str, str]:
 
 def run_deployment(settings: Settings, name: str, parameters: dict[str, Any], *, idempotency_key: str | None = None,
                    tags: list[str] | None = None, here: bool = False) -> UUID:  # fmt: skip
-    """Create a flow run of deployment ``name`` (``flow/deployment``); return its id.
+    """Create a flow run of deployment ``name`` (``flow/deployment``); return its id; DeployError if
+    the deployment does not exist.
 
     ``here``: the run is created Pending, not Scheduled, so no worker takes it: the caller executes it
     (`prefect flow-run execute <id>`), as a Kubernetes Job a worker made would."""
     with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(name)
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise DeployError(f"no deployment {name} on {settings.prefect.url}: run `pp deploy` first") from None
         run = client.create_flow_run_from_deployment(
             deployment.id, parameters=parameters, idempotency_key=idempotency_key, tags=tags or [],
             state=Pending() if here else None,
