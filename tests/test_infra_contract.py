@@ -5,6 +5,7 @@ each service's grace period outlasts its shutdown deadline and its probes are it
 
 from __future__ import annotations
 
+import json
 import shutil
 from typing import Any
 
@@ -20,6 +21,8 @@ DEADLINES = {"pp-fanout": "fanout.shutdown_deadline_s", "pp-router": "router.shu
              "pp-butler-writer": "butler.writer_shutdown_deadline_s",
              "pp-prefect-worker": "prefect.worker_shutdown_deadline_s"}  # fmt: skip
 CHECKED = {"fanout", "router", "autoscale", "reporter", "butler-writer"}  # the services with `--check`
+TEMPLATE = json.loads((check.ROOT / "deployments" / "kubernetes-job-template.json").read_text())
+JOB_VARS = {k: v.get("default") for k, v in TEMPLATE["variables"]["properties"].items()}
 STAND_IN_SECRETS = {"PP_REDIS__PASSWORD": "x", "PP_KAFKA__SASL_PASSWORD": "x", "PP_S3__SECRET_ACCESS_KEY": "x"}
 
 
@@ -28,6 +31,13 @@ def rendered() -> dict[str, list[check.Obj]]:
     if not shutil.which("kubectl"):
         pytest.skip("kubectl not found: the overlays are rendered with `kubectl kustomize`")
     return {name: check.render(path) for name, path in check.overlays().items()}
+
+
+def _job_resources() -> dict[str, dict[str, str]]:
+    """The resources of the work pool's Jobs (its template's defaults)."""
+    return {kind: {"cpu": JOB_VARS[f"cpu_{bound}"], "memory": JOB_VARS[f"memory_{bound}"],
+                   "ephemeral-storage": JOB_VARS["ephemeral_storage"]}
+            for kind, bound in (("requests", "request"), ("limits", "limit"))}
 
 
 def _config(objects: list[check.Obj]) -> dict[str, str]:
@@ -75,6 +85,13 @@ def test_the_scaled_jobs_read_the_codes_stream_and_group_and_run_an_activator(
         (container,) = job["spec"]["jobTargetRef"]["template"]["spec"]["containers"]
         assert container["command"] == ["pp", "run-activator", instrument]
         assert job["spec"]["rollout"]["strategy"] == "gradual" and job["spec"]["pollingInterval"] == 2
+        # The same pod as the work pool's Jobs: resources, grace period, service account, settings.
+        pod = job["spec"]["jobTargetRef"]["template"]["spec"]
+        assert container["resources"] == _job_resources()
+        assert pod["terminationGracePeriodSeconds"] == JOB_VARS["termination_grace_period_seconds"]
+        assert pod["serviceAccountName"] == JOB_VARS["service_account_name"]
+        assert container["envFrom"] == [{"configMapRef": {"name": JOB_VARS["config_map"]}},
+                                        {"secretRef": {"name": JOB_VARS["secret"]}}]  # fmt: skip
 
 
 def test_grace_periods_outlast_the_shutdown_deadlines_and_probes_are_the_services_checks(
