@@ -19,6 +19,7 @@ from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfi
 
 from prompt_processing.adapters.prefect_api import (
     WorkPoolDefinition,
+    current_image,
     defined_work_pools,
     deploy_all,
     ensure_work_pools,
@@ -147,6 +148,8 @@ def test_pp_deploy_creates_the_pool_with_its_template(stack_settings: Settings, 
     assert made.base_job_template == TEMPLATE
     assert ensure_work_pools(stack_settings, [pool]) == {pool.name: "unchanged"}
     assert ensure_work_pools(stack_settings, [pool.with_image("registry.example/pp:2")]) == {pool.name: "updated"}
+    assert current_image(stack_settings, pool.name) == "registry.example/pp:2"  # what a deploy without --image keeps
+    assert current_image(stack_settings, "no-such-pool") is None
 
 
 def test_one_prefect_yaml_deploys_to_either_pool_and_the_stored_deployment_renders_its_job(

@@ -135,6 +135,18 @@ def ensure_work_pools(settings: Settings, pools: list[WorkPoolDefinition]) -> di
     return done
 
 
+def current_image(settings: Settings, pool_name: str) -> str | None:
+    """The image the pool ``pool_name`` gives its Jobs now (its template's default), or None if the
+    pool does not exist or has no image: a `pp deploy` without --image must not undo an upgrade."""
+    with temporary_settings(client_settings(settings)), get_client(sync_client=True) as client:
+        try:
+            template = client.read_work_pool(pool_name).base_job_template
+        except ObjectNotFound:
+            return None
+    image = template.get("variables", {}).get("properties", {}).get("image", {}).get("default")
+    return str(image) if image else None
+
+
 def automations(project_dir: Path) -> list[AutomationDefinition]:
     """The automations of ``deployments/automations.yaml`` (none if the file is absent)."""
     try:
@@ -151,11 +163,12 @@ def ensure_automations(settings: Settings, definitions: list[AutomationDefinitio
 
 def deploy_all(settings: Settings, project_dir: Path, *, pool_type: str = "process", image: str | None = None,
                log: Path | None = None) -> None:  # fmt: skip
-    """Create or update the work pool of type ``pool_type`` (``image``: its Jobs' image), then
-    `prefect deploy --all` in ``project_dir`` (where prefect.yaml is) targeting that pool, then the
-    automations; the output goes to ``log`` if given, else to stdout. DeployError with the output's
-    tail if `prefect deploy` fails."""
+    """Create or update the work pool of type ``pool_type`` (``image``: its Jobs' image; none: the
+    pool keeps the image it has), then `prefect deploy --all` in ``project_dir`` (where prefect.yaml is)
+    targeting that pool, then the automations; the output goes to ``log`` if given, else to stdout.
+    DeployError with the output's tail if `prefect deploy` fails."""
     pool = work_pool(project_dir, pool_type)
+    image = image or current_image(settings, pool.name)
     if image:
         pool = pool.with_image(image)
     pools = ensure_work_pools(settings, [pool])

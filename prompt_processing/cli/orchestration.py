@@ -37,7 +37,8 @@ def deploy(
         PoolType, typer.Option(help="The target: the local process pool, or the kubernetes pool (production).")
     ] = PoolType.process,
     image: Annotated[
-        str | None, typer.Option(help="kubernetes: the image of the runs' Jobs (default: the template's).")
+        str | None, typer.Option(help="kubernetes: the image of the runs' Jobs (default: the pool's current one; "
+                                 "a new pool's: the template's).")
     ] = None,
     project_dir: Annotated[Path, typer.Option(help="Where prefect.yaml and deployments/ are.")] = Path("."),
 ) -> None:
