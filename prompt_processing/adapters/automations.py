@@ -92,7 +92,7 @@ def ensure(client: SyncPrefectClient, definitions: list[AutomationDefinition]) -
             done[definition.name] = "updated"
         else:
             client.create_automation(automation)
-            done[definition.name] = "created" if automation.enabled else "created (disabled: enable to be notified)"
+            done[definition.name] = "created" if automation.enabled else "created (disabled: enable it to act)"
     return done
 
 
