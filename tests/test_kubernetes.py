@@ -57,6 +57,12 @@ def activator_job() -> dict[str, Any]:
     return render_job({"image": "registry.example/prompt-processing:1.2.3", "instrument": "LSSTCam"})
 
 
+@pytest.fixture(scope="module", params=["activator", "process-visit-detector"])
+def any_job(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The Job of an activator run, then of a rerun (what holds for every flow run's pod)."""
+    return render_job({"image": "registry.example/prompt-processing:1.2.3", "instrument": "LATISS"}, request.param)
+
+
 def test_the_kubernetes_pool_is_defined_with_the_template_file() -> None:
     (pool,) = [p for p in defined_work_pools(ROOT) if p.type == "kubernetes"]
     assert pool.base_job_template == TEMPLATE
@@ -82,9 +88,9 @@ def test_an_activator_runs_as_a_job_with_rubins_resources_and_the_image_asked_fo
 
 
 def test_settings_come_from_the_config_map_and_the_secret_never_as_plain_values(
-    activator_job: dict[str, Any],
+    any_job: dict[str, Any],
 ) -> None:
-    (container,) = activator_job["spec"]["template"]["spec"]["containers"]
+    (container,) = any_job["spec"]["template"]["spec"]["containers"]
     assert container["envFrom"] == [{"configMapRef": {"name": "pp-config"}}, {"secretRef": {"name": "pp-secrets"}}]
     names = {e["name"]: e.get("value") for e in container["env"]}
     assert "PREFECT__FLOW_RUN_ID" in names and "PREFECT_API_URL" in names
@@ -115,9 +121,9 @@ def test_the_prefect_api_auth_string_reaches_jobs_as_a_reference_to_the_secret()
 
 
 def test_the_pod_is_non_root_read_only_without_capabilities_and_writes_to_empty_dirs(
-    activator_job: dict[str, Any],
+    any_job: dict[str, Any],
 ) -> None:
-    pod = activator_job["spec"]["template"]["spec"]
+    pod = any_job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
