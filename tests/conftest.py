@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -127,3 +129,13 @@ def redis_client(stack_settings: Settings) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every overlay of infra/overlays, rendered with `kubectl kustomize`: overlay name -> its objects."""
+    from tests import manifests_check
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not found: the overlays are rendered with `kubectl kustomize`")
+    return {name: manifests_check.render(path) for name, path in manifests_check.overlays().items()}

@@ -6,7 +6,6 @@ each service's grace period outlasts its shutdown deadline and its probes are it
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import pytest
@@ -24,13 +23,6 @@ CHECKED = {"fanout", "router", "autoscale", "reporter", "butler-writer"}  # the 
 TEMPLATE = json.loads((check.ROOT / "deployments" / "kubernetes-job-template.json").read_text())
 JOB_VARS = {k: v.get("default") for k, v in TEMPLATE["variables"]["properties"].items()}
 STAND_IN_SECRETS = {"PP_REDIS__PASSWORD": "x", "PP_KAFKA__SASL_PASSWORD": "x", "PP_S3__SECRET_ACCESS_KEY": "x"}
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[check.Obj]]:
-    if not shutil.which("kubectl"):
-        pytest.skip("kubectl not found: the overlays are rendered with `kubectl kustomize`")
-    return {name: check.render(path) for name, path in check.overlays().items()}
 
 
 def _job_resources() -> dict[str, dict[str, str]]:

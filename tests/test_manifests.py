@@ -7,7 +7,6 @@ time, to show that each check fails when it should."""
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,6 @@ SAMPLE = [o for o in yaml.safe_load_all((Path(__file__).parent / "k8s_sample.yam
 
 def _sample() -> list[Obj]:
     return copy.deepcopy(SAMPLE)
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Obj]]:
-    if not shutil.which("kubectl"):
-        pytest.skip("kubectl not found: the overlays are rendered with `kubectl kustomize`")
-    return {name: check.render(path) for name, path in OVERLAYS.items()}
 
 
 @pytest.fixture(scope="module")

@@ -265,14 +265,7 @@ def test_killed_activator_is_replaced_and_no_alert_is_sent_twice(pipeline: Pipel
     body = pipeline.announce("killed", duration_s=30.0)  # the first activator will wait for this image
     code = "from flows.activator import activator; activator('LATISS', idle_timeout_s=60)"
     doomed = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
-    try:
-        stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
-        wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=60, what="first activator")
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait(10)
-    finally:
-        if doomed.poll() is None:
-            doomed.kill()
+    _signal_once_it_holds_the_visit(pipeline, doomed, signal.SIGKILL)
     pipeline.land(body)
     thread, counts = _activator_in_thread()  # reclaims after claim_idle_s
     thread.join(90)
@@ -289,7 +282,8 @@ def test_sigterm_hands_back_the_visit_in_hand_and_ends_the_run_cancelled(pipelin
     """What a Prefect worker sends when the run is cancelled in the UI, and Kubernetes when the pod is deleted."""
     body = pipeline.announce("sigterm", duration_s=30.0)  # the activator waits for this image
     code = "from flows.activator import activator; activator('LATISS', idle_timeout_s=60)"
-    _sigterm_once_it_holds_the_visit(pipeline, subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy()))
+    _signal_once_it_holds_the_visit(pipeline, subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy()))
+    _assert_handed_back(pipeline)
     with get_client(sync_client=True) as client:
         (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["activator"])),
                                        sort=FlowRunSort.START_TIME_DESC, limit=1)  # fmt: skip
@@ -301,17 +295,24 @@ def test_sigterm_hands_back_the_visit_in_hand_and_ends_the_run_cancelled(pipelin
     assert counts["succeeded"] == 1 and pipeline.results()[0]["deliveries"] == "2"
 
 
-def _sigterm_once_it_holds_the_visit(pipeline: Pipeline, activator: subprocess.Popen[Any]) -> None:
-    """SIGTERM to ``activator`` (a process) once it has taken the one visit, as a pod deletion would;
-    then check the visit was handed back, not left to time out."""
+def _signal_once_it_holds_the_visit(
+    pipeline: Pipeline, activator: subprocess.Popen[Any], signum: int = signal.SIGTERM
+) -> None:
+    """``signum`` to ``activator`` (a process) once it has taken the one visit (SIGTERM: as a pod deletion
+    would); waits for it to exit."""
     stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
     try:
         wait_for(lambda: pipeline.redis.xpending(stream, group)["pending"] == 1, timeout_s=90, what="the activator")
-        activator.send_signal(signal.SIGTERM)
+        activator.send_signal(signum)
         activator.wait(60)
     finally:
         if activator.poll() is None:
             activator.kill()
+
+
+def _assert_handed_back(pipeline: Pipeline) -> None:
+    """The one visit was handed back (parked for any activator), not left to time out."""
+    stream, group = naming.stream_name("LATISS"), naming.consumer_group("LATISS")
     (pending,) = pipeline.redis.xpending_range(stream, group, "-", "+", 10)
     assert pending["consumer"].decode() == naming.PARKING_CONSUMER
 
@@ -463,9 +464,10 @@ def test_a_pod_activator_is_a_run_of_the_deployment_and_a_deleted_pod_hands_its_
                         "PP_PREFECT__API_URL": pipeline.settings.prefect.url}  # fmt: skip
     log = tmp_path / "pod.log"
     with log.open("w") as out:
-        _sigterm_once_it_holds_the_visit(pipeline, subprocess.Popen(
+        _signal_once_it_holds_the_visit(pipeline, subprocess.Popen(
             [sys.executable, "-m", "prompt_processing.cli", "run-activator", "LATISS"], env=env, stdout=out,
             stderr=subprocess.STDOUT))  # fmt: skip
+    _assert_handed_back(pipeline)
     run_id = UUID(log.read_text().split("activator flow run ", 1)[1].split(":", 1)[0])
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
